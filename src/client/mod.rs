@@ -1,0 +1,587 @@
+//! The terminal client: connect, reconnect with backoff, resume without loss.
+//!
+//! The client speaks JSON mode and renders every event in the plain-mode line
+//! format. It never prints; lines go to an [`Output`] and typed lines arrive on
+//! a channel, so the binary decides about terminals and tests can drive it.
+//!
+//! Resume works with a barrier: after (re)connecting the client claims its
+//! nick, joins its room with `after` = the last id it saw there, then sends a
+//! WebSocket ping. The server answers frames in order, so when the pong comes
+//! back the history replay is complete: the client then knows which of its
+//! unacknowledged messages were stored (their `cid` came back) and sends only
+//! the others, followed by the lines typed while it was away.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderValue;
+use http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_websockets::{ClientBuilder, CloseCode, MaybeTlsStream, Message, WebSocketStream};
+
+use crate::config::ClientConfig;
+use crate::error::describe_io;
+use crate::protocol::{
+    ClientFrame, DEFAULT_ROOM, HELP, Request, SUBPROTOCOL, ServerFrame, normalize_room, parse_plain,
+};
+
+/// Lines kept while disconnected; older ones are dropped beyond this.
+pub const OUTBOX_LIMIT: usize = 1000;
+/// How long the client waits at end of input for the server to take everything.
+pub const EOF_GRACE: Duration = Duration::from_secs(5);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Ping payloads that mark the end of a resume and the end of input.
+const SYNC: &[u8] = b"wschat-sync";
+const EOF: &[u8] = b"wschat-eof";
+
+/// Where the client's lines go.
+pub trait Output: Send {
+    /// A transcript line (the chat itself; stdout in the binary).
+    fn line(&mut self, line: &str);
+    /// A status line (connecting, reconnecting, errors; stderr in the binary).
+    fn status(&mut self, line: &str);
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How one connection ended.
+enum SessionEnd {
+    /// The user asked to quit (or input ended and everything was delivered).
+    Finished,
+    /// The connection dropped; the text says why.
+    Lost(Option<String>),
+    /// Input ended and the grace period ran out with messages unconfirmed.
+    GaveUp,
+}
+
+/// Runs the client until the user quits; returns the process exit code.
+pub async fn run(config: ClientConfig, input: mpsc::Receiver<String>, out: &mut dyn Output) -> i32 {
+    Client::new(config, input, out).run().await
+}
+
+/// The client's state across connections.
+struct Client<'o> {
+    config: ClientConfig,
+    out: &'o mut dyn Output,
+    input: mpsc::Receiver<String>,
+    input_open: bool,
+    /// The nick to claim on every connection.
+    nick: Option<String>,
+    /// The name the server knows this connection by right now.
+    me: String,
+    /// The room to be in.
+    room: String,
+    /// Per room, the highest message id shown (or skipped as our own).
+    last_seen: HashMap<String, u64>,
+    /// Frames waiting for a connection (typed while away, or during resume).
+    outbox: VecDeque<ClientFrame>,
+    /// Messages sent but not yet acknowledged, by cid, oldest first.
+    unacked: Vec<(String, ClientFrame)>,
+    cid_prefix: String,
+    next_cid: u64,
+    /// Set at end of input: when to give up waiting for acknowledgements.
+    eof_deadline: Option<Instant>,
+    welcomed: bool,
+}
+
+impl<'o> Client<'o> {
+    fn new(config: ClientConfig, input: mpsc::Receiver<String>, out: &'o mut dyn Output) -> Self {
+        let room = config
+            .room
+            .as_deref()
+            .and_then(|r| normalize_room(r).ok())
+            .unwrap_or_else(|| DEFAULT_ROOM.to_owned());
+        Self {
+            nick: config.nick.clone(),
+            config,
+            out,
+            input,
+            input_open: true,
+            me: String::new(),
+            room,
+            last_seen: HashMap::new(),
+            outbox: VecDeque::new(),
+            unacked: Vec::new(),
+            cid_prefix: format!("{:08x}", fastrand::u32(..)),
+            next_cid: 0,
+            eof_deadline: None,
+            welcomed: false,
+        }
+    }
+
+    async fn run(&mut self) -> i32 {
+        if let Some(room) = &self.config.room {
+            if let Err(rejection) = normalize_room(room) {
+                self.out.status(&format!("error: {}", rejection.text));
+                return 2;
+            }
+        }
+        let mut attempt: u32 = 0;
+        loop {
+            let lost = match self.connect().await {
+                Ok(ws) => {
+                    attempt = 0;
+                    self.out
+                        .status(&format!("connected to {}", self.config.url));
+                    match self.session(ws).await {
+                        SessionEnd::Finished => return 0,
+                        SessionEnd::GaveUp => return self.give_up(),
+                        SessionEnd::Lost(reason) => {
+                            if let Some(reason) = reason {
+                                self.out.status(&reason);
+                            }
+                            true
+                        }
+                    }
+                }
+                Err(reason) => {
+                    self.out
+                        .status(&format!("cannot connect to {}: {reason}", self.config.url));
+                    false
+                }
+            };
+            if self.config.no_reconnect {
+                if lost {
+                    self.out.status("connection lost");
+                }
+                return 1;
+            }
+            if self.finished_input() {
+                return 0;
+            }
+            let delay = backoff(attempt);
+            attempt = attempt.saturating_add(1);
+            let secs = delay.as_secs_f64().round().max(1.0);
+            if lost {
+                self.out
+                    .status(&format!("connection lost, reconnecting in {secs}s"));
+            } else {
+                self.out.status(&format!("reconnecting in {secs}s"));
+            }
+            if !self.wait_offline(delay).await {
+                return 0;
+            }
+            if self.eof_deadline.is_some_and(|d| Instant::now() >= d) {
+                return self.give_up();
+            }
+        }
+    }
+
+    /// True when input has ended and nothing is left to deliver.
+    fn finished_input(&self) -> bool {
+        !self.input_open && self.outbox.is_empty() && self.unacked.is_empty()
+    }
+
+    fn give_up(&mut self) -> i32 {
+        let left = self.outbox.len() + self.unacked.len();
+        self.out.status(&format!(
+            "gave up: {left} message(s) not confirmed by the server"
+        ));
+        1
+    }
+
+    /// Waits before reconnecting while still taking typed lines.
+    /// Returns false if the user quit.
+    async fn wait_offline(&mut self, delay: Duration) -> bool {
+        let mut until = Instant::now() + delay;
+        if let Some(deadline) = self.eof_deadline {
+            until = until.min(deadline);
+        }
+        loop {
+            tokio::select! {
+                () = sleep_until(until) => return true,
+                line = self.input.recv(), if self.input_open => match line {
+                    Some(line) => match self.on_line(&line) {
+                        LineAction::Quit => return false,
+                        LineAction::Send(frame) => self.enqueue(frame),
+                        LineAction::Nothing => {}
+                    },
+                    None => {
+                        self.end_of_input();
+                        if self.finished_input() {
+                            return false;
+                        }
+                        if let Some(deadline) = self.eof_deadline {
+                            until = until.min(deadline);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn end_of_input(&mut self) {
+        self.input_open = false;
+        self.eof_deadline = Some(Instant::now() + EOF_GRACE);
+    }
+
+    fn enqueue(&mut self, frame: ClientFrame) {
+        if self.outbox.len() == OUTBOX_LIMIT {
+            self.outbox.pop_front();
+            self.out
+                .status("offline queue full: dropped the oldest line");
+        }
+        self.outbox.push_back(frame);
+    }
+
+    async fn connect(&mut self) -> Result<Socket, String> {
+        let builder = ClientBuilder::new()
+            .uri(&self.config.url)
+            .map_err(|e| format!("invalid URL: {e}"))?
+            .add_header(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(SUBPROTOCOL),
+            )
+            .map_err(|e| e.to_string())?;
+        match timeout(CONNECT_TIMEOUT, builder.connect()).await {
+            Ok(Ok((ws, _response))) => Ok(ws),
+            Ok(Err(err)) => Err(describe_ws_error(&err)),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// One connection, from resume to its end.
+    async fn session(&mut self, mut ws: Socket) -> SessionEnd {
+        let mut syncing = true;
+        let mut lost_reason = None;
+        if let Err(end) = self.resume(&mut ws).await {
+            return end;
+        }
+        loop {
+            let deadline = self.eof_deadline;
+            tokio::select! {
+                frame = ws.next() => match frame {
+                    Some(Ok(message)) => {
+                        if message.is_pong() {
+                            let payload: &[u8] = message.as_payload();
+                            if payload == SYNC {
+                                syncing = false;
+                                if let Err(end) = self.flush_after_resume(&mut ws).await {
+                                    return end;
+                                }
+                            } else if payload == EOF && !syncing {
+                                // Everything sent before the ping has been processed.
+                                self.unacked.clear();
+                                let _ = timeout(Duration::from_secs(2), ws.close()).await;
+                                return SessionEnd::Finished;
+                            }
+                        } else if let Some((code, reason)) = message.as_close() {
+                            lost_reason = Some(describe_close(code, reason));
+                        } else if let Some(text) = message.as_text() {
+                            match serde_json::from_str::<ServerFrame>(text) {
+                                Ok(frame) => self.on_event(frame, syncing),
+                                Err(_) => self.print(text),
+                            }
+                        }
+                    }
+                    Some(Err(err)) => return SessionEnd::Lost(Some(format!("connection error: {}", describe_ws_error(&err)))),
+                    None => return SessionEnd::Lost(lost_reason),
+                },
+                line = self.input.recv(), if self.input_open => match line {
+                    Some(line) => match self.on_line(&line) {
+                        LineAction::Quit => {
+                            let _ = ws.send(Message::close(Some(CloseCode::NORMAL_CLOSURE), "bye")).await;
+                            let _ = timeout(Duration::from_secs(2), ws.close()).await;
+                            return SessionEnd::Finished;
+                        }
+                        LineAction::Send(frame) => {
+                            if syncing {
+                                self.enqueue(frame);
+                            } else if let Err(end) = self.send(&mut ws, frame).await {
+                                return end;
+                            }
+                        }
+                        LineAction::Nothing => {}
+                    },
+                    None => {
+                        self.end_of_input();
+                        // During a resume the barrier handler sends it, after the resends.
+                        if !syncing {
+                            if let Err(end) = send_raw(&mut ws, Message::ping(EOF)).await {
+                                return end;
+                            }
+                        }
+                    }
+                },
+                () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    return SessionEnd::GaveUp;
+                }
+            }
+        }
+    }
+
+    /// Claims the nick and room and asks for what was missed, then the barrier ping.
+    async fn resume(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
+        if let Some(nick) = self.nick.clone() {
+            send_raw(ws, json(&ClientFrame::Nick { nick })).await?;
+        }
+        let after = self.last_seen.get(&self.room).copied();
+        if self.room != DEFAULT_ROOM || after.is_some() {
+            let frame = ClientFrame::Join {
+                room: self.room.clone(),
+                after,
+            };
+            send_raw(ws, json(&frame)).await?;
+        }
+        send_raw(ws, Message::ping(SYNC)).await
+    }
+
+    /// After the replay: resend what was not stored, then what was typed meanwhile.
+    async fn flush_after_resume(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
+        let resend: Vec<ClientFrame> = self.unacked.drain(..).map(|(_, f)| f).collect();
+        for frame in resend {
+            self.send(ws, frame).await?;
+        }
+        while let Some(frame) = self.outbox.pop_front() {
+            self.send(ws, frame).await?;
+        }
+        if !self.input_open {
+            send_raw(ws, Message::ping(EOF)).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a frame, remembering messages until they are acknowledged.
+    async fn send(&mut self, ws: &mut Socket, frame: ClientFrame) -> Result<(), SessionEnd> {
+        let message = json(&frame);
+        match &frame {
+            ClientFrame::Say { cid: Some(cid), .. }
+            | ClientFrame::Private { cid: Some(cid), .. } => {
+                self.unacked.push((cid.clone(), frame.clone()));
+            }
+            _ => {}
+        }
+        if let Err(end) = send_raw(ws, message).await {
+            // Not delivered: keep it for the next connection (messages are in `unacked`).
+            if !matches!(frame, ClientFrame::Say { .. } | ClientFrame::Private { .. }) {
+                self.outbox.push_front(frame);
+            }
+            return Err(end);
+        }
+        Ok(())
+    }
+
+    fn new_cid(&mut self) -> String {
+        self.next_cid += 1;
+        format!("{}-{}", self.cid_prefix, self.next_cid)
+    }
+
+    /// Turns one typed line into what to do.
+    fn on_line(&mut self, line: &str) -> LineAction {
+        let line = line.trim_end_matches(['\r', '\n']);
+        match line.trim() {
+            "" => return LineAction::Nothing,
+            "/quit" => return LineAction::Quit,
+            _ => {}
+        }
+        match parse_plain(line) {
+            Ok(Request::Say { text, .. }) => LineAction::Send(ClientFrame::Say {
+                text,
+                cid: Some(self.new_cid()),
+            }),
+            Ok(Request::Private { to, text, .. }) => LineAction::Send(ClientFrame::Private {
+                to,
+                text,
+                cid: Some(self.new_cid()),
+            }),
+            Ok(Request::Nick { nick }) => LineAction::Send(ClientFrame::Nick { nick }),
+            Ok(Request::Join { room, .. }) => match normalize_room(&room) {
+                Ok(room) => {
+                    self.room.clone_from(&room);
+                    let after = None;
+                    LineAction::Send(ClientFrame::Join { room, after })
+                }
+                Err(rejection) => {
+                    self.print(&format!("! {}", rejection.text));
+                    LineAction::Nothing
+                }
+            },
+            Ok(Request::Who) => LineAction::Send(ClientFrame::Who),
+            Ok(Request::Rooms) => LineAction::Send(ClientFrame::Rooms),
+            Ok(Request::Help) => {
+                for line in HELP {
+                    self.print(&format!("* {line}"));
+                }
+                self.print("* /quit             leave (Ctrl+D too)");
+                LineAction::Nothing
+            }
+            Err(rejection) => {
+                self.print(&format!("! {}", rejection.text));
+                LineAction::Nothing
+            }
+        }
+    }
+
+    /// Renders one server event, dropping duplicates and our own echoes.
+    fn on_event(&mut self, frame: ServerFrame, syncing: bool) {
+        match &frame {
+            ServerFrame::Welcome { nick, .. } => {
+                self.me.clone_from(nick);
+                if self.welcomed {
+                    return;
+                }
+                self.welcomed = true;
+            }
+            ServerFrame::Message {
+                id,
+                room,
+                from,
+                cid,
+                history,
+                ..
+            } => {
+                if let Some(cid) = cid {
+                    self.unacked.retain(|(c, _)| c != cid);
+                }
+                if *history && *room != self.room {
+                    return;
+                }
+                let seen = self.last_seen.entry(room.clone()).or_insert(0);
+                if *id <= *seen {
+                    return;
+                }
+                *seen = *id;
+                if from.eq_ignore_ascii_case(&self.me) {
+                    return;
+                }
+            }
+            ServerFrame::Private { from, to, cid, .. } => {
+                if let Some(cid) = cid {
+                    self.unacked.retain(|(c, _)| c != cid);
+                }
+                if from.eq_ignore_ascii_case(&self.me) && !to.eq_ignore_ascii_case(&self.me) {
+                    return;
+                }
+            }
+            ServerFrame::Joined { nick, .. } | ServerFrame::Left { nick, .. }
+                if syncing && nick.eq_ignore_ascii_case(&self.me) =>
+            {
+                return;
+            }
+            ServerFrame::Renamed { old, new } if old.eq_ignore_ascii_case(&self.me) => {
+                self.me.clone_from(new);
+                self.nick = Some(new.clone());
+                if syncing {
+                    return;
+                }
+            }
+            ServerFrame::Error { cid: Some(cid), .. } => {
+                // Refused: it will not be stored, so it must not be resent.
+                self.unacked.retain(|(c, _)| c != cid);
+            }
+            _ => {}
+        }
+        let line = frame.to_plain();
+        let ts = match &frame {
+            ServerFrame::Message { ts, .. } | ServerFrame::Private { ts, .. } => Some(*ts),
+            _ => None,
+        };
+        self.print_at(&line, ts);
+    }
+
+    fn print(&mut self, line: &str) {
+        self.print_at(line, None);
+    }
+
+    fn print_at(&mut self, line: &str, ts: Option<u64>) {
+        if self.config.timestamps {
+            let ts = ts.unwrap_or_else(crate::protocol::now_ms);
+            self.out.line(&format!("[{}] {line}", clock(ts)));
+        } else {
+            self.out.line(line);
+        }
+    }
+}
+
+/// What a typed line asks for.
+enum LineAction {
+    Quit,
+    Send(ClientFrame),
+    Nothing,
+}
+
+fn json(frame: &ClientFrame) -> Message {
+    Message::text(serde_json::to_string(frame).unwrap_or_default())
+}
+
+async fn send_raw(ws: &mut Socket, message: Message) -> Result<(), SessionEnd> {
+    ws.send(message).await.map_err(|err| {
+        SessionEnd::Lost(Some(format!(
+            "connection error: {}",
+            describe_ws_error(&err)
+        )))
+    })
+}
+
+/// The wait before reconnection attempt `attempt` (0-based): 1 s doubling to
+/// 30 s, each scaled by a random factor in 0.8..1.2 so clients spread out.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << attempt.min(5)).min(MAX_BACKOFF);
+    base.mul_f64(0.8 + fastrand::f64() * 0.4).min(MAX_BACKOFF)
+}
+
+/// `HH:MM:SS` (UTC) of a millisecond timestamp.
+fn clock(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+fn describe_close(code: CloseCode, reason: &str) -> String {
+    let code = u16::from(code);
+    if reason.is_empty() {
+        format!("server closed the connection ({code})")
+    } else {
+        format!("server closed the connection ({code} {reason})")
+    }
+}
+
+/// A short lowercase description of a connection error.
+fn describe_ws_error(err: &tokio_websockets::Error) -> String {
+    use tokio_websockets::Error as E;
+    use tokio_websockets::upgrade::Error as U;
+    match err {
+        E::Io(io) => describe_io(io),
+        E::Upgrade(U::DidNotSwitchProtocols(401)) => {
+            "the server wants a token (HTTP 401): pass --token".into()
+        }
+        E::Upgrade(U::DidNotSwitchProtocols(status)) => {
+            format!("the server refused the connection (HTTP {status})")
+        }
+        E::CannotResolveHost => "cannot resolve host".into(),
+        E::UnsupportedScheme => "unsupported URL scheme (use ws:// or wss://)".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_thirty_seconds_with_jitter() {
+        for (attempt, base) in [(0, 1.0), (1, 2.0), (2, 4.0), (4, 16.0)] {
+            let d = backoff(attempt).as_secs_f64();
+            assert!(d >= base * 0.8 && d <= base * 1.2, "attempt {attempt}: {d}");
+        }
+        assert!(backoff(5) <= MAX_BACKOFF);
+        assert!(backoff(50) <= MAX_BACKOFF);
+        assert!(backoff(50) >= Duration::from_secs(24));
+    }
+
+    #[test]
+    fn clock_formats_utc() {
+        assert_eq!(clock(0), "00:00:00");
+        assert_eq!(clock(((13 * 3600) + (5 * 60) + 9) * 1000 + 999), "13:05:09");
+    }
+}

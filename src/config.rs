@@ -1,0 +1,109 @@
+//! Command-line flags of both binaries (clap derive; the doc comments are the help).
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// `server`: the wschat chat server.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "server",
+    version,
+    about = "wschat: a self-hostable group chat over WebSocket"
+)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[arg(long, env = "WSCHAT_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "WSCHAT_PORT", default_value_t = 2000)]
+    pub port: u16,
+
+    /// Log message text and per-frame detail (debug level).
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Messages each room keeps in memory.
+    #[arg(long, default_value_t = 1000)]
+    pub history: usize,
+
+    /// Messages replayed to a connection when it enters a room.
+    #[arg(long, default_value_t = 20)]
+    pub history_on_join: usize,
+
+    /// Longest message text, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub max_message_bytes: usize,
+
+    /// Largest WebSocket frame accepted, in bytes; a larger one closes with 1009.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Messages that may wait for one slow connection before it is closed with 1013.
+    #[arg(long, default_value_t = 1024)]
+    pub max_lag: usize,
+
+    /// Concurrent connections; further handshakes get HTTP 503.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Seconds between pings to each peer.
+    #[arg(long, default_value_t = 30)]
+    pub ping_interval: u64,
+
+    /// Seconds of silence after which a peer is dropped.
+    #[arg(long, default_value_t = 90)]
+    pub idle_timeout: u64,
+
+    /// Seconds a peer has to complete its handshake.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout: u64,
+}
+
+impl ServerConfig {
+    /// The defaults, as if started with no flags (for tests and embedding).
+    pub fn defaults() -> Self {
+        Self::parse_from(["server"])
+    }
+
+    /// Ping period.
+    pub fn ping_every(&self) -> Duration {
+        Duration::from_secs(self.ping_interval.max(1))
+    }
+
+    /// Silence after which a peer is dropped.
+    pub fn idle_after(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout.max(1))
+    }
+
+    /// Time allowed for the HTTP handshake.
+    pub fn handshake_within(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout.max(1))
+    }
+}
+
+/// `client`: the wschat terminal client.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "client", version, about = "wschat terminal client")]
+pub struct ClientConfig {
+    /// Server to connect to.
+    #[arg(env = "WSCHAT_URL", default_value = "ws://127.0.0.1:2000")]
+    pub url: String,
+
+    /// Nickname to take on connecting.
+    #[arg(long)]
+    pub nick: Option<String>,
+
+    /// Room to enter on connecting.
+    #[arg(long)]
+    pub room: Option<String>,
+
+    /// Exit with status 1 instead of reconnecting when the server is unreachable.
+    #[arg(long)]
+    pub no_reconnect: bool,
+
+    /// Prefix each line with the time it was sent.
+    #[arg(long)]
+    pub timestamps: bool,
+}

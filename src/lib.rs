@@ -1,0 +1,18 @@
+//! wschat: a self-hostable group chat over WebSocket.
+//!
+//! # Layout
+//! - [`protocol`]: the wire format of both modes (plain text and JSON), names
+//!   and commands; pure functions, no I/O.
+//! - [`server`]: the accept loop and shutdown ([`server::run`]); inside it
+//!   `handshake` answers HTTP, `connection` runs one task per peer, `hub`
+//!   tracks nicks and presence, and `bus` is the fan-out seam (publish to a
+//!   room, subscribe to a room, read history after an id).
+//! - [`client`]: the terminal client's connect / reconnect / resume loop.
+//! - [`config`]: the command-line flags of both binaries.
+//! - [`error`]: the crate's error type.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod server;

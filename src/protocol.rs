@@ -1,0 +1,514 @@
+//! The wire protocol: names, commands, JSON frames and the plain-text rendering.
+//!
+//! Everything here is pure (no I/O) so the server, the client and the tests
+//! share one definition of what goes over the wire.
+
+use serde::{Deserialize, Serialize};
+
+/// First frame of every session, and the `text` of the JSON `welcome`.
+pub const WELCOME: &str = "Welcome to chat! Type a message";
+/// The subprotocol that selects JSON mode at the handshake.
+pub const SUBPROTOCOL: &str = "wschat.v1";
+/// The room every connection starts in.
+pub const DEFAULT_ROOM: &str = "lobby";
+/// Longest nick, in bytes (all allowed characters are ASCII).
+pub const MAX_NICK_LEN: usize = 24;
+/// Longest room name, in bytes.
+pub const MAX_ROOM_LEN: usize = 32;
+
+/// The plain-mode help text, one notice line per entry.
+pub const HELP: &[&str] = &[
+    "commands:",
+    "/nick NAME        choose a nickname (1-24 of A-Z a-z 0-9 _ -)",
+    "/join ROOM        move to a room (1-32 of a-z 0-9 _ -)",
+    "/msg NICK TEXT    send a private message",
+    "/who              list the members of your room",
+    "/rooms            list the rooms and how many are in each",
+    "/help             this list",
+    "//TEXT            send a message that starts with /",
+];
+
+/// How a connection talks, chosen at the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One line of text per frame (no subprotocol requested).
+    Plain,
+    /// One JSON object per frame (subprotocol `wschat.v1`).
+    Json,
+}
+
+/// Machine-readable error codes, as sent in JSON `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not a JSON object of a known shape.
+    BadJson,
+    /// The JSON `type` is not one the server knows.
+    UnknownType,
+    /// A plain-mode `/command` the server does not know.
+    UnknownCommand,
+    /// The message text is over the server's limit.
+    TooLong,
+    /// The connection sends faster than the server allows.
+    RateLimited,
+    /// Another connection holds that nick.
+    NickTaken,
+    /// The nick is not 1-24 of `A-Z a-z 0-9 _ -`.
+    BadNick,
+    /// The room name is not 1-32 of `a-z 0-9 _ -`.
+    BadRoom,
+    /// No connection holds that nick.
+    NoSuchUser,
+    /// Binary frames carry nothing in this protocol.
+    BinaryUnsupported,
+    /// A message with no text.
+    Empty,
+    /// Any other failure (the text says what).
+    Internal,
+    /// Anything this build does not know (for forward compatibility).
+    #[serde(other)]
+    Unknown,
+}
+
+/// A request from a client, after parsing either mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A chat message to the current room.
+    Say { text: String, cid: Option<String> },
+    /// Choose a nick.
+    Nick { nick: String },
+    /// Move to a room, optionally resuming after a message id.
+    Join { room: String, after: Option<u64> },
+    /// A private message.
+    Private {
+        to: String,
+        text: String,
+        cid: Option<String>,
+    },
+    /// List the members of the current room.
+    Who,
+    /// List the rooms.
+    Rooms,
+    /// Plain-mode `/help`.
+    Help,
+}
+
+/// A request the server refuses before acting on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// What kind of refusal.
+    pub code: ErrorCode,
+    /// A lowercase sentence for people.
+    pub text: String,
+}
+
+impl Rejection {
+    /// A rejection with the given code and text.
+    pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            text: text.into(),
+        }
+    }
+}
+
+/// Frames a JSON-mode client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientFrame {
+    /// See [`Request::Say`].
+    Say {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+    },
+    /// See [`Request::Nick`].
+    Nick { nick: String },
+    /// See [`Request::Join`].
+    Join {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
+    /// See [`Request::Private`].
+    Private {
+        to: String,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+    },
+    /// See [`Request::Who`].
+    Who,
+    /// See [`Request::Rooms`].
+    Rooms,
+}
+
+impl From<ClientFrame> for Request {
+    fn from(frame: ClientFrame) -> Self {
+        match frame {
+            ClientFrame::Say { text, cid } => Request::Say { text, cid },
+            ClientFrame::Nick { nick } => Request::Nick { nick },
+            ClientFrame::Join { room, after } => Request::Join { room, after },
+            ClientFrame::Private { to, text, cid } => Request::Private { to, text, cid },
+            ClientFrame::Who => Request::Who,
+            ClientFrame::Rooms => Request::Rooms,
+        }
+    }
+}
+
+/// One room in a `rooms` listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// The room's name.
+    pub name: String,
+    /// How many connections are in it.
+    pub members: usize,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// Frames the server sends in JSON mode; every one also has a plain rendering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame {
+    /// First frame of a session.
+    Welcome {
+        text: String,
+        nick: String,
+        room: String,
+    },
+    /// A chat message in a room.
+    Message {
+        id: u64,
+        room: String,
+        from: String,
+        text: String,
+        ts: u64,
+        /// Only on the copy sent back to its sender.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+        /// Set when replayed from history.
+        #[serde(default, skip_serializing_if = "is_false")]
+        history: bool,
+    },
+    /// A private message (sent to its recipient and, as acknowledgement, its sender).
+    Private {
+        from: String,
+        to: String,
+        text: String,
+        ts: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+    },
+    /// Someone entered a room.
+    Joined { room: String, nick: String },
+    /// Someone left a room.
+    Left { room: String, nick: String },
+    /// Someone changed nick.
+    Renamed { old: String, new: String },
+    /// Reply to `who`.
+    Members { room: String, nicks: Vec<String> },
+    /// Reply to `rooms`.
+    Rooms { rooms: Vec<RoomInfo> },
+    /// A plain informational line (used for `/help` and the like).
+    Notice { text: String },
+    /// A refused request; `cid` names it when the request had one.
+    Error {
+        code: ErrorCode,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+    },
+}
+
+impl ServerFrame {
+    /// The JSON text of this frame.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// An error frame from a rejection.
+    pub fn error(rejection: Rejection, cid: Option<String>) -> Self {
+        ServerFrame::Error {
+            code: rejection.code,
+            text: rejection.text,
+            cid,
+        }
+    }
+
+    /// The plain-mode line for this frame: `NAME: TEXT`, `[private] NAME: TEXT`,
+    /// `* NOTICE` or `! ERROR`.
+    pub fn to_plain(&self) -> String {
+        match self {
+            ServerFrame::Welcome { text, .. } => text.clone(),
+            ServerFrame::Message { from, text, .. } => format!("{from}: {text}"),
+            ServerFrame::Private { from, text, .. } => format!("[private] {from}: {text}"),
+            ServerFrame::Joined { room, nick } => format!("* {nick} joined {room}"),
+            ServerFrame::Left { room, nick } => format!("* {nick} left {room}"),
+            ServerFrame::Renamed { old, new } => format!("* {old} is now known as {new}"),
+            ServerFrame::Members { room, nicks } => {
+                format!("* {} in {room}: {}", nicks.len(), nicks.join(", "))
+            }
+            ServerFrame::Rooms { rooms } => {
+                let list: Vec<String> = rooms
+                    .iter()
+                    .map(|r| format!("{} ({})", r.name, r.members))
+                    .collect();
+                format!("* rooms: {}", list.join(", "))
+            }
+            ServerFrame::Notice { text } => format!("* {text}"),
+            ServerFrame::Error { text, .. } => format!("! {text}"),
+        }
+    }
+}
+
+/// Checks a nick: 1-24 of `A-Z a-z 0-9 _ -`.
+pub fn validate_nick(nick: &str) -> Result<(), Rejection> {
+    let ok = !nick.is_empty()
+        && nick.len() <= MAX_NICK_LEN
+        && nick
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            ErrorCode::BadNick,
+            format!("invalid nickname {nick:?}: use 1-24 of A-Z a-z 0-9 _ -"),
+        ))
+    }
+}
+
+/// Lower-cases a room name and checks it: 1-32 of `a-z 0-9 _ -`.
+pub fn normalize_room(room: &str) -> Result<String, Rejection> {
+    let room = room.to_ascii_lowercase();
+    let ok = !room.is_empty()
+        && room.len() <= MAX_ROOM_LEN
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(room)
+    } else {
+        Err(Rejection::new(
+            ErrorCode::BadRoom,
+            format!("invalid room name {room:?}: use 1-32 of a-z 0-9 _ -"),
+        ))
+    }
+}
+
+/// Parses one plain-mode frame: a message, or a `/command`.
+///
+/// `//text` sends `/text` as a message.
+pub fn parse_plain(line: &str) -> Result<Request, Rejection> {
+    let Some(rest) = line.strip_prefix('/') else {
+        return Ok(Request::Say {
+            text: line.to_owned(),
+            cid: None,
+        });
+    };
+    if rest.starts_with('/') {
+        return Ok(Request::Say {
+            text: rest.to_owned(),
+            cid: None,
+        });
+    }
+    let (name, args) = match rest.split_once(char::is_whitespace) {
+        Some((name, args)) => (name, args.trim()),
+        None => (rest, ""),
+    };
+    let usage = |text: &str| Err(Rejection::new(ErrorCode::UnknownCommand, text));
+    match name {
+        "nick" if !args.is_empty() && !args.contains(char::is_whitespace) => Ok(Request::Nick {
+            nick: args.to_owned(),
+        }),
+        "nick" => usage("usage: /nick NAME"),
+        "join" if !args.is_empty() && !args.contains(char::is_whitespace) => Ok(Request::Join {
+            room: args.to_owned(),
+            after: None,
+        }),
+        "join" => usage("usage: /join ROOM"),
+        "msg" => match args.split_once(char::is_whitespace) {
+            Some((to, text)) if !text.trim().is_empty() => Ok(Request::Private {
+                to: to.to_owned(),
+                text: text.trim_start().to_owned(),
+                cid: None,
+            }),
+            _ => usage("usage: /msg NICK TEXT"),
+        },
+        "who" => Ok(Request::Who),
+        "rooms" => Ok(Request::Rooms),
+        "help" => Ok(Request::Help),
+        _ => Err(Rejection::new(
+            ErrorCode::UnknownCommand,
+            format!("unknown command /{name} (try /help)"),
+        )),
+    }
+}
+
+/// Parses one JSON-mode frame.
+pub fn parse_json(text: &str) -> Result<Request, Rejection> {
+    match serde_json::from_str::<ClientFrame>(text) {
+        Ok(frame) => Ok(frame.into()),
+        Err(err) => {
+            // Only on the error path: tell an unknown `type` from malformed JSON.
+            #[derive(Deserialize)]
+            struct Tagged {
+                #[serde(rename = "type")]
+                kind: String,
+            }
+            const KNOWN: &[&str] = &["say", "nick", "join", "private", "who", "rooms"];
+            match serde_json::from_str::<Tagged>(text) {
+                Ok(tagged) if !KNOWN.contains(&tagged.kind.as_str()) => Err(Rejection::new(
+                    ErrorCode::UnknownType,
+                    format!("unknown type {:?}", tagged.kind),
+                )),
+                _ => Err(Rejection::new(
+                    ErrorCode::BadJson,
+                    format!("malformed frame: {err}"),
+                )),
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_a_message() {
+        assert_eq!(
+            parse_plain("hello world"),
+            Ok(Request::Say {
+                text: "hello world".into(),
+                cid: None
+            })
+        );
+        assert_eq!(
+            parse_plain("//shrug"),
+            Ok(Request::Say {
+                text: "/shrug".into(),
+                cid: None
+            })
+        );
+    }
+
+    #[test]
+    fn plain_commands_parse() {
+        assert_eq!(
+            parse_plain("/nick alice"),
+            Ok(Request::Nick {
+                nick: "alice".into()
+            })
+        );
+        assert_eq!(
+            parse_plain("/join Rust"),
+            Ok(Request::Join {
+                room: "Rust".into(),
+                after: None
+            })
+        );
+        assert_eq!(
+            parse_plain("/msg bob  psst there"),
+            Ok(Request::Private {
+                to: "bob".into(),
+                text: "psst there".into(),
+                cid: None
+            })
+        );
+        assert_eq!(parse_plain("/who"), Ok(Request::Who));
+        assert_eq!(parse_plain("/rooms"), Ok(Request::Rooms));
+        assert_eq!(parse_plain("/help"), Ok(Request::Help));
+    }
+
+    #[test]
+    fn bad_commands_name_help() {
+        let err = parse_plain("/dance").unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownCommand);
+        assert_eq!(err.text, "unknown command /dance (try /help)");
+        assert_eq!(
+            parse_plain("/msg bob").unwrap_err().text,
+            "usage: /msg NICK TEXT"
+        );
+        assert_eq!(parse_plain("/nick").unwrap_err().text, "usage: /nick NAME");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_nick("alice_-9").is_ok());
+        assert!(validate_nick("").is_err());
+        assert!(validate_nick("a b").is_err());
+        assert!(validate_nick(&"x".repeat(25)).is_err());
+        assert!(validate_nick(&"x".repeat(24)).is_ok());
+        assert_eq!(normalize_room("Rust-2").as_deref(), Ok("rust-2"));
+        assert!(normalize_room("no spaces").is_err());
+        assert!(normalize_room(&"r".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn json_requests_parse() {
+        assert_eq!(
+            parse_json(r#"{"type":"say","text":"hi","cid":"c1","extra":1}"#),
+            Ok(Request::Say {
+                text: "hi".into(),
+                cid: Some("c1".into())
+            })
+        );
+        assert_eq!(
+            parse_json(r#"{"type":"join","room":"rust","after":123}"#),
+            Ok(Request::Join {
+                room: "rust".into(),
+                after: Some(123)
+            })
+        );
+        assert_eq!(parse_json(r#"{"type":"who"}"#), Ok(Request::Who));
+        assert_eq!(
+            parse_json(r#"{"type":"dance"}"#).unwrap_err().code,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(parse_json("{nope").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(
+            parse_json(r#"{"type":"say"}"#).unwrap_err().code,
+            ErrorCode::BadJson
+        );
+    }
+
+    #[test]
+    fn frames_render_both_ways() {
+        let frame = ServerFrame::Message {
+            id: 42,
+            room: "lobby".into(),
+            from: "alice".into(),
+            text: "hi".into(),
+            ts: 7,
+            cid: None,
+            history: false,
+        };
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"message","id":42,"room":"lobby","from":"alice","text":"hi","ts":7}"#
+        );
+        assert_eq!(frame.to_plain(), "alice: hi");
+        let err = ServerFrame::error(
+            Rejection::new(ErrorCode::NickTaken, "nickname alice is already in use"),
+            None,
+        );
+        assert_eq!(
+            err.to_json(),
+            r#"{"type":"error","code":"nick_taken","text":"nickname alice is already in use"}"#
+        );
+        assert_eq!(err.to_plain(), "! nickname alice is already in use");
+    }
+}

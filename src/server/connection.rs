@@ -1,0 +1,538 @@
+//! One task per connection: the handshake, then one `select!` loop that reads
+//! requests, forwards room events and private messages, pings, and closes.
+//!
+//! Outgoing frames are queued on the WebSocket sink without flushing; the loop
+//! drains everything the room channel already holds and then writes it all
+//! with one (vectored) flush. The socket keeps being read while a flush is
+//! pending, so pongs and close replies still get through, and a peer that
+//! stops reading only ever delays itself: once more than `--max-lag` frames
+//! wait for it, it is closed with 1013.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStream};
+use tracing::{debug, info};
+
+use super::Shared;
+use super::bus::{ConnId, Delivery, Replay, Room};
+use super::handshake::{self, Decision};
+use super::hub::{DIRECT_CAPACITY, Member};
+use crate::protocol::{
+    DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, WELCOME, normalize_room,
+    now_ms, parse_json, parse_plain, validate_nick,
+};
+
+/// How long a closing connection waits for its close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Most room events taken in one go before they are written out.
+const DRAIN_BATCH: usize = 1024;
+
+/// Serves one accepted TCP connection from handshake to close.
+///
+/// `slot` is this connection's share of `--max-connections`; without one the
+/// handshake is answered with 503.
+pub(super) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    slot: Option<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let within = shared.config.handshake_within();
+    let head = tokio::select! {
+        () = shutdown.cancelled() => return,
+        head = timeout(within, handshake::read_head(&mut stream)) => head,
+    };
+    let head = match head {
+        Ok(Ok(head)) => head,
+        Ok(Err(err)) => {
+            debug!("{peer}: handshake failed: {err}");
+            return;
+        }
+        Err(_) => {
+            debug!("{peer}: handshake timed out");
+            return;
+        }
+    };
+    let Some(slot) = slot else {
+        info!("Refused {peer}: connection limit reached (HTTP 503)");
+        let response = handshake::text_response(503, "Service Unavailable", "server is full\n");
+        let _ = timeout(within, handshake::send(&mut stream, &response)).await;
+        return;
+    };
+    let mode = match handshake::decide(&head) {
+        Decision::Respond { status, response } => {
+            debug!("{peer}: answered HTTP {status}");
+            let _ = timeout(within, handshake::send(&mut stream, &response)).await;
+            return;
+        }
+        Decision::Upgrade { mode, response } => {
+            match timeout(within, handshake::send(&mut stream, &response)).await {
+                Ok(Ok(())) => mode,
+                _ => return,
+            }
+        }
+    };
+
+    info!("New connection from {peer}");
+    let limits = Limits::default().max_payload_len(Some(shared.config.max_frame_bytes));
+    let ws = ServerBuilder::new().limits(limits).serve(stream);
+    let mut session = Session::start(ws, peer, mode, shared);
+    let ended = session.run(&shutdown).await;
+    session.leave();
+    drop(slot);
+    match ended {
+        Ended::Clean => info!("Client {peer} disconnected"),
+        Ended::Because(reason) => info!("Client {peer} disconnected: {reason}"),
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    /// The peer closed the WebSocket properly.
+    Clean,
+    /// Anything else, in words for the log.
+    Because(String),
+}
+
+/// What woke the session loop.
+enum Wake {
+    Shutdown,
+    Socket(SocketEvent),
+    Room(Result<Arc<Delivery>, RecvError>),
+    Direct(Message),
+    Tick,
+}
+
+/// Progress on the socket: a frame read, or a pending flush completed.
+enum SocketEvent {
+    Frame(Option<Result<Message, tokio_websockets::Error>>),
+    Flushed(Result<(), tokio_websockets::Error>),
+}
+
+/// Polls the socket for whichever comes first: a pending flush finishing or a frame.
+fn poll_socket<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    flushing: bool,
+    cx: &mut Context<'_>,
+) -> Poll<SocketEvent> {
+    if flushing {
+        if let Poll::Ready(done) = Sink::<Message>::poll_flush(Pin::new(&mut *ws), cx) {
+            return Poll::Ready(SocketEvent::Flushed(done));
+        }
+    }
+    Pin::new(ws).poll_next(cx).map(SocketEvent::Frame)
+}
+
+/// One connected peer.
+struct Session<S> {
+    id: ConnId,
+    peer: SocketAddr,
+    mode: Mode,
+    shared: Arc<Shared>,
+    ws: WebSocketStream<S>,
+    nick: Arc<str>,
+    room: Arc<Room>,
+    live: broadcast::Receiver<Arc<Delivery>>,
+    direct: mpsc::Receiver<Message>,
+    /// Frames queued on the sink since it last flushed completely.
+    unflushed: usize,
+    last_heard: Instant,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Registers the peer, greets it, and puts it in the default room.
+    fn start(ws: WebSocketStream<S>, peer: SocketAddr, mode: Mode, shared: Arc<Shared>) -> Self {
+        let id = shared.next_conn_id();
+        let nick: Arc<str> = peer.to_string().into();
+        let room = shared.bus.room(DEFAULT_ROOM);
+        let (direct_tx, direct) = mpsc::channel(DIRECT_CAPACITY);
+        shared.hub.register(
+            id,
+            Member {
+                nick: nick.clone(),
+                room: room.name().clone(),
+                mode,
+                direct: direct_tx,
+            },
+        );
+        let sub = room.subscribe(Replay::Recent(shared.config.history_on_join));
+        let mut session = Self {
+            id,
+            peer,
+            mode,
+            shared,
+            ws,
+            nick,
+            room,
+            live: sub.live,
+            direct,
+            unflushed: 0,
+            last_heard: Instant::now(),
+        };
+        session.reply(ServerFrame::Welcome {
+            text: WELCOME.into(),
+            nick: session.nick.to_string(),
+            room: session.room.name().to_string(),
+        });
+        session.replay(&sub.backlog);
+        session.announce(ServerFrame::Joined {
+            room: session.room.name().to_string(),
+            nick: session.nick.to_string(),
+        });
+        session
+    }
+
+    /// Publishes a notice about this connection to its room and queues this
+    /// connection's own copy right away, so it precedes any later reply.
+    fn announce(&mut self, frame: ServerFrame) {
+        self.room.publish_notice(self.id, frame);
+        // A lag here is reported again by the next `recv`.
+        let _ = self.drain_room();
+    }
+
+    /// The session loop; returns how it ended (after closing the socket).
+    async fn run(&mut self, shutdown: &CancellationToken) -> Ended {
+        let every = self.shared.config.ping_every();
+        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let wake = {
+                let flushing = self.unflushed > 0;
+                let ws = &mut self.ws;
+                let live = &mut self.live;
+                let direct = &mut self.direct;
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => Wake::Shutdown,
+                    event = poll_fn(|cx| poll_socket(ws, flushing, cx)) => Wake::Socket(event),
+                    event = live.recv() => Wake::Room(event),
+                    Some(message) = direct.recv() => Wake::Direct(message),
+                    _ = ping.tick() => Wake::Tick,
+                }
+            };
+            match wake {
+                Wake::Shutdown => {
+                    self.close(CloseCode::GOING_AWAY, "server shutting down")
+                        .await;
+                    return Ended::Because("server shutting down".into());
+                }
+                Wake::Socket(SocketEvent::Frame(Some(Ok(message)))) => {
+                    self.last_heard = Instant::now();
+                    self.on_frame(&message);
+                }
+                Wake::Socket(SocketEvent::Frame(Some(Err(err)))) => {
+                    // The library has queued the matching close frame (1002,
+                    // 1007, 1009); give it a bounded chance to go out.
+                    let _ = timeout(CLOSE_GRACE, self.ws.close()).await;
+                    return Ended::Because(err.to_string());
+                }
+                Wake::Socket(SocketEvent::Frame(None)) => return Ended::Clean,
+                Wake::Socket(SocketEvent::Flushed(Ok(()))) => self.unflushed = 0,
+                Wake::Socket(SocketEvent::Flushed(Err(err))) => {
+                    return Ended::Because(err.to_string());
+                }
+                Wake::Room(Ok(delivery)) => {
+                    self.deliver(&delivery);
+                    if let Err(skipped) = self.drain_room() {
+                        return self.too_slow(skipped).await;
+                    }
+                }
+                Wake::Room(Err(RecvError::Lagged(skipped))) => {
+                    return self.too_slow(skipped).await;
+                }
+                Wake::Room(Err(RecvError::Closed)) => {
+                    return Ended::Because("room closed".into());
+                }
+                Wake::Direct(message) => self.queue(message),
+                Wake::Tick => {
+                    if self.last_heard.elapsed() >= self.shared.config.idle_after() {
+                        self.close(CloseCode::GOING_AWAY, "idle timeout").await;
+                        return Ended::Because("idle timeout".into());
+                    }
+                    self.queue(Message::ping(&b""[..]));
+                }
+            }
+            if self.unflushed > self.shared.config.max_lag {
+                return self.too_slow(0).await;
+            }
+        }
+    }
+
+    /// Takes whatever the room channel already holds, up to a batch.
+    /// `Err` carries how many events were lost to lag.
+    fn drain_room(&mut self) -> Result<(), u64> {
+        for _ in 0..DRAIN_BATCH {
+            match self.live.try_recv() {
+                Ok(delivery) => self.deliver(&delivery),
+                Err(TryRecvError::Lagged(skipped)) => return Err(skipped),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a connection that fell too far behind (1013), and says so.
+    async fn too_slow(&mut self, skipped: u64) -> Ended {
+        self.close(CloseCode::SERVICE_OVERLOAD, "too slow").await;
+        let behind = self.unflushed as u64 + skipped;
+        Ended::Because(format!("too slow ({behind} messages behind)"))
+    }
+
+    /// Sends a close frame and waits (bounded) for the close handshake.
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let _ = Pin::new(&mut self.ws).start_send(Message::close(Some(code), reason));
+        let _ = timeout(CLOSE_GRACE, self.ws.close()).await;
+    }
+
+    /// Removes the peer from the hub and tells its room.
+    fn leave(&self) {
+        self.shared.hub.unregister(self.id);
+        self.room.publish_notice(
+            self.id,
+            ServerFrame::Left {
+                room: self.room.name().to_string(),
+                nick: self.nick.to_string(),
+            },
+        );
+    }
+
+    /// Queues a frame on the sink; it is written at the next flush.
+    fn queue(&mut self, message: Message) {
+        if Pin::new(&mut self.ws).start_send(message).is_ok() {
+            self.unflushed += 1;
+        }
+    }
+
+    /// Queues a frame meant for this connection only.
+    fn reply(&mut self, frame: ServerFrame) {
+        let text = match self.mode {
+            Mode::Plain => frame.to_plain(),
+            Mode::Json => frame.to_json(),
+        };
+        self.queue(Message::text(text));
+    }
+
+    fn reject(&mut self, rejection: Rejection, cid: Option<String>) {
+        self.reply(ServerFrame::error(rejection, cid));
+    }
+
+    /// Queues one room event, using the shared pre-rendered bytes where it can.
+    fn deliver(&mut self, delivery: &Delivery) {
+        if delivery.origin == self.id && delivery.is_message() {
+            match (self.mode, &delivery.cid) {
+                // Plain mode never echoes a message to its sender.
+                (Mode::Plain, _) => return,
+                // The sender's copy carries its cid: that is its acknowledgement.
+                (Mode::Json, Some(cid)) => {
+                    let mut frame = delivery.frame.clone();
+                    if let ServerFrame::Message { cid: slot, .. } = &mut frame {
+                        *slot = Some(cid.clone());
+                    }
+                    return self.reply(frame);
+                }
+                (Mode::Json, None) => {}
+            }
+        }
+        self.queue(Message::text(delivery.payload(self.mode)));
+    }
+
+    /// Queues stored messages as history.
+    fn replay(&mut self, backlog: &[Arc<Delivery>]) {
+        for delivery in backlog {
+            match self.mode {
+                Mode::Plain => self.queue(Message::text(delivery.payload(Mode::Plain))),
+                Mode::Json => {
+                    let mut frame = delivery.frame.clone();
+                    if let ServerFrame::Message {
+                        history, cid, from, ..
+                    } = &mut frame
+                    {
+                        *history = true;
+                        // Own messages carry their cid back, so a resuming
+                        // client knows which of its sends were stored.
+                        if from.eq_ignore_ascii_case(&self.nick) {
+                            cid.clone_from(&delivery.cid);
+                        }
+                    }
+                    self.reply(frame);
+                }
+            }
+        }
+    }
+
+    /// Handles one frame from the peer.
+    fn on_frame(&mut self, message: &Message) {
+        if let Some(text) = message.as_text() {
+            let parsed = match self.mode {
+                Mode::Plain => parse_plain(text),
+                Mode::Json => parse_json(text),
+            };
+            match parsed {
+                Ok(request) => self.handle(request),
+                Err(rejection) => self.reject(rejection, None),
+            }
+        } else if message.is_binary() {
+            self.reject(
+                Rejection::new(
+                    ErrorCode::BinaryUnsupported,
+                    "binary frames are not supported: send text",
+                ),
+                None,
+            );
+        }
+        // Pings, pongs and close frames are answered by the library.
+    }
+
+    /// Carries out one request.
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Say { text, cid } => {
+                if let Err(rejection) = self.check_text(&text) {
+                    return self.reject(rejection, cid);
+                }
+                debug!(peer = %self.peer, room = %self.room.name(), "{}: {text}", self.nick);
+                self.room.publish_message(self.id, &self.nick, text, cid);
+            }
+            Request::Nick { nick } => self.rename(&nick),
+            Request::Join { room, after } => self.join(&room, after),
+            Request::Private { to, text, cid } => self.private(&to, text, cid),
+            Request::Who => {
+                let nicks = self.shared.hub.who(self.room.name());
+                let room = self.room.name().to_string();
+                self.reply(ServerFrame::Members { room, nicks });
+            }
+            Request::Rooms => {
+                let rooms = self.shared.hub.rooms();
+                self.reply(ServerFrame::Rooms { rooms });
+            }
+            Request::Help => {
+                for line in HELP {
+                    self.reply(ServerFrame::Notice {
+                        text: (*line).to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Checks a message's text against the limits.
+    fn check_text(&self, text: &str) -> Result<(), Rejection> {
+        let max = self.shared.config.max_message_bytes;
+        if text.len() > max {
+            return Err(Rejection::new(
+                ErrorCode::TooLong,
+                format!("message too long: {} bytes, the limit is {max}", text.len()),
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err(Rejection::new(ErrorCode::Empty, "empty message"));
+        }
+        Ok(())
+    }
+
+    fn rename(&mut self, nick: &str) {
+        if let Err(rejection) = validate_nick(nick) {
+            return self.reject(rejection, None);
+        }
+        if *self.nick == *nick {
+            return;
+        }
+        match self.shared.hub.rename(self.id, nick) {
+            Ok(old) => {
+                self.nick = nick.into();
+                self.announce(ServerFrame::Renamed {
+                    old: old.to_string(),
+                    new: nick.to_owned(),
+                });
+            }
+            Err(rejection) => self.reject(rejection, None),
+        }
+    }
+
+    fn join(&mut self, room: &str, after: Option<u64>) {
+        let name = match normalize_room(room) {
+            Ok(name) => name,
+            Err(rejection) => return self.reject(rejection, None),
+        };
+        let same = **self.room.name() == *name;
+        let target = if same {
+            self.room.clone()
+        } else {
+            self.shared.bus.room(&name)
+        };
+        let replay = match after {
+            Some(after) => Replay::After(after),
+            None => Replay::Recent(self.shared.config.history_on_join),
+        };
+        // Resubscribing and snapshotting under one room lock is what makes
+        // the seam between replayed and live messages exact.
+        let sub = target.subscribe(replay);
+        self.live = sub.live;
+        if !same {
+            self.room.publish_notice(
+                self.id,
+                ServerFrame::Left {
+                    room: self.room.name().to_string(),
+                    nick: self.nick.to_string(),
+                },
+            );
+            self.shared.hub.set_room(self.id, target.name().clone());
+            self.room = target;
+        }
+        self.replay(&sub.backlog);
+        if !same {
+            self.announce(ServerFrame::Joined {
+                room: self.room.name().to_string(),
+                nick: self.nick.to_string(),
+            });
+        }
+    }
+
+    fn private(&mut self, to: &str, text: String, cid: Option<String>) {
+        if let Err(rejection) = self.check_text(&text) {
+            return self.reject(rejection, cid);
+        }
+        let Some(target) = self.shared.hub.find(to) else {
+            let rejection = Rejection::new(ErrorCode::NoSuchUser, format!("no such user: {to}"));
+            return self.reject(rejection, cid);
+        };
+        let frame = ServerFrame::Private {
+            from: self.nick.to_string(),
+            to: target.nick.to_string(),
+            text,
+            ts: now_ms(),
+            cid: None,
+        };
+        let rendered = match target.mode {
+            Mode::Plain => frame.to_plain(),
+            Mode::Json => frame.to_json(),
+        };
+        if target.direct.try_send(Message::text(rendered)).is_err() {
+            let rejection = Rejection::new(
+                ErrorCode::Internal,
+                format!("{} cannot receive messages right now", target.nick),
+            );
+            return self.reject(rejection, cid);
+        }
+        if self.mode == Mode::Json {
+            let mut ack = frame;
+            if let ServerFrame::Private { cid: slot, .. } = &mut ack {
+                *slot = cid;
+            }
+            self.reply(ack);
+        }
+    }
+}

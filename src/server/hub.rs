@@ -1,0 +1,123 @@
+//! Who is connected: nicks (unique case-insensitively), rooms and private delivery.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+use tokio_websockets::Message;
+
+use super::bus::ConnId;
+use crate::protocol::{ErrorCode, Mode, Rejection, RoomInfo};
+
+/// How many private messages may wait for one connection.
+pub const DIRECT_CAPACITY: usize = 64;
+
+/// One connected peer as the rest of the server sees it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its nick, or `IP:PORT` until it chose one.
+    pub nick: Arc<str>,
+    /// The room it is in.
+    pub room: Arc<str>,
+    /// How it talks.
+    pub mode: Mode,
+    /// Where private messages for it go.
+    pub direct: mpsc::Sender<Message>,
+}
+
+/// The registry of connected peers.
+#[derive(Debug, Default)]
+pub struct Hub {
+    state: Mutex<HubState>,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    /// Lower-cased nick to connection.
+    by_nick: HashMap<String, ConnId>,
+    members: HashMap<ConnId, Member>,
+}
+
+impl Hub {
+    /// Adds a connection under its initial name (its `IP:PORT`).
+    pub fn register(&self, id: ConnId, member: Member) {
+        let mut state = self.lock();
+        state.by_nick.insert(member.nick.to_ascii_lowercase(), id);
+        state.members.insert(id, member);
+    }
+
+    /// Removes a connection, freeing its nick.
+    pub fn unregister(&self, id: ConnId) {
+        let mut state = self.lock();
+        if let Some(member) = state.members.remove(&id) {
+            state.by_nick.remove(&member.nick.to_ascii_lowercase());
+        }
+    }
+
+    /// Gives connection `id` the nick `new` (already validated); returns the old one.
+    pub fn rename(&self, id: ConnId, new: &str) -> Result<Arc<str>, Rejection> {
+        let mut state = self.lock();
+        let key = new.to_ascii_lowercase();
+        if state.by_nick.get(&key).is_some_and(|&owner| owner != id) {
+            return Err(Rejection::new(
+                ErrorCode::NickTaken,
+                format!("nickname {new} is already in use"),
+            ));
+        }
+        let member = state
+            .members
+            .get_mut(&id)
+            .ok_or_else(|| Rejection::new(ErrorCode::Internal, "connection is not registered"))?;
+        let old = std::mem::replace(&mut member.nick, new.into());
+        state.by_nick.remove(&old.to_ascii_lowercase());
+        state.by_nick.insert(key, id);
+        Ok(old)
+    }
+
+    /// Records that connection `id` moved to `room`.
+    pub fn set_room(&self, id: ConnId, room: Arc<str>) {
+        if let Some(member) = self.lock().members.get_mut(&id) {
+            member.room = room;
+        }
+    }
+
+    /// The connection holding `nick` (any case), if any.
+    pub fn find(&self, nick: &str) -> Option<Member> {
+        let state = self.lock();
+        let id = state.by_nick.get(&nick.to_ascii_lowercase())?;
+        state.members.get(id).cloned()
+    }
+
+    /// The nicks in `room`, sorted.
+    pub fn who(&self, room: &str) -> Vec<String> {
+        let state = self.lock();
+        let mut nicks: Vec<String> = state
+            .members
+            .values()
+            .filter(|m| &*m.room == room)
+            .map(|m| m.nick.to_string())
+            .collect();
+        nicks.sort_by_key(|n| n.to_ascii_lowercase());
+        nicks
+    }
+
+    /// Every room with someone in it, by name.
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        let state = self.lock();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for member in state.members.values() {
+            *counts.entry(&member.room).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(name, members)| RoomInfo {
+                name: name.to_owned(),
+                members,
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
