@@ -36,6 +36,9 @@ use crate::protocol::{
 
 /// How long a closing connection waits for its close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a connection closed for being too slow gets to read what is
+/// already queued for it plus the 1013 close frame behind it.
+const TOO_SLOW_GRACE: Duration = Duration::from_secs(10);
 /// Most room events taken in one go before they are written out.
 const DRAIN_BATCH: usize = 1024;
 
@@ -150,6 +153,8 @@ struct Session<S> {
     /// Frames queued on the sink since it last flushed completely.
     unflushed: usize,
     last_heard: Instant,
+    /// Set once the peer has been removed from the hub and its room.
+    left: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -181,6 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             direct,
             unflushed: 0,
             last_heard: Instant::now(),
+            left: false,
         };
         session.reply(ServerFrame::Welcome {
             text: WELCOME.into(),
@@ -247,11 +253,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Wake::Room(Ok(delivery)) => {
                     self.deliver(&delivery);
                     if let Err(skipped) = self.drain_room() {
-                        return self.too_slow(skipped).await;
+                        return self.too_slow(skipped, shutdown).await;
                     }
                 }
                 Wake::Room(Err(RecvError::Lagged(skipped))) => {
-                    return self.too_slow(skipped).await;
+                    return self.too_slow(skipped, shutdown).await;
                 }
                 Wake::Room(Err(RecvError::Closed)) => {
                     return Ended::Because("room closed".into());
@@ -266,7 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
             if self.unflushed > self.shared.config.max_lag {
-                return self.too_slow(0).await;
+                return self.too_slow(0, shutdown).await;
             }
         }
     }
@@ -285,9 +291,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Closes a connection that fell too far behind (1013), and says so.
-    async fn too_slow(&mut self, skipped: u64) -> Ended {
-        self.close(CloseCode::SERVICE_OVERLOAD, "too slow").await;
+    ///
+    /// The peer leaves its room at once; the close frame queues behind what
+    /// the peer has not read yet, so it gets a longer grace to arrive.
+    async fn too_slow(&mut self, skipped: u64, shutdown: &CancellationToken) -> Ended {
         let behind = self.unflushed as u64 + skipped;
+        self.leave();
+        let _ = Pin::new(&mut self.ws).start_send(Message::close(
+            Some(CloseCode::SERVICE_OVERLOAD),
+            "too slow",
+        ));
+        tokio::select! {
+            _ = timeout(TOO_SLOW_GRACE, self.ws.close()) => {}
+            () = shutdown.cancelled() => {}
+        }
         Ended::Because(format!("too slow ({behind} messages behind)"))
     }
 
@@ -297,8 +314,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let _ = timeout(CLOSE_GRACE, self.ws.close()).await;
     }
 
-    /// Removes the peer from the hub and tells its room.
-    fn leave(&self) {
+    /// Removes the peer from the hub and tells its room (once).
+    fn leave(&mut self) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
         self.shared.hub.unregister(self.id);
         self.room.publish_notice(
             self.id,

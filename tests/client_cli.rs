@@ -1,0 +1,153 @@
+//! The `client` binary, spawned as a process against a real server.
+
+mod common;
+
+use common::{Peer, Proc, TestServer, free_port};
+use wschat::protocol::WELCOME;
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+
+/// Reads `* NAME joined lobby` for a peer whose address is not known yet; returns NAME.
+async fn joined_name(observer: &mut Peer) -> String {
+    let line = observer.text().await;
+    line.strip_prefix("* ")
+        .and_then(|rest| rest.strip_suffix(" joined lobby"))
+        .unwrap_or_else(|| panic!("expected a join notice, got {line:?}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn piped_stdin_sends_each_line_then_exits_zero() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut observer = Peer::plain(&url).await;
+
+    let mut client = Proc::spawn(CLIENT, &[&url, "--nick", "bob"], &[]);
+    client.type_line("hi").await;
+    client.type_line("there").await;
+    client.close_stdin();
+
+    let name = joined_name(&mut observer).await;
+    observer
+        .expect(&format!("* {name} is now known as bob"))
+        .await;
+    observer.expect("bob: hi").await;
+    observer.expect("bob: there").await;
+    observer.expect("* bob left lobby").await;
+    assert_eq!(client.exit_code().await, 0);
+    // The transcript has the welcome and never the client's own messages.
+    assert_eq!(client.out_line().await.as_deref(), Some(WELCOME));
+    assert_eq!(client.out_line().await, None);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn prints_others_messages_and_quits_on_slash_quit() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut observer = Peer::plain(&url).await;
+    let mut client = Proc::spawn(CLIENT, &[&url, "--nick", "carol"], &[]);
+    assert_eq!(client.out_line().await.as_deref(), Some(WELCOME));
+    let name = joined_name(&mut observer).await;
+    observer
+        .expect(&format!("* {name} is now known as carol"))
+        .await;
+
+    observer.send("hello carol").await;
+    let expected = format!("{}: hello carol", observer.name());
+    assert_eq!(client.out_line().await, Some(expected));
+    client.type_line("hi back").await;
+    observer.expect("carol: hi back").await;
+    client.type_line("/quit").await;
+    assert_eq!(client.exit_code().await, 0);
+    observer.expect("* carol left lobby").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_reconnect_exits_1_with_a_clear_line() {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let mut client = Proc::spawn(CLIENT, &[&url, "--no-reconnect"], &[]);
+    let line = client.err_until("cannot connect").await;
+    assert_eq!(
+        line,
+        format!("cannot connect to {url}: connection refused (is the server running?)")
+    );
+    assert_eq!(client.exit_code().await, 1);
+}
+
+#[tokio::test]
+async fn url_comes_from_the_environment() {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let mut client = Proc::spawn(CLIENT, &["--no-reconnect"], &[("WSCHAT_URL", &url)]);
+    let line = client.err_until("cannot connect").await;
+    assert!(
+        line.starts_with(&format!("cannot connect to {url}:")),
+        "{line}"
+    );
+    assert_eq!(client.exit_code().await, 1);
+}
+
+#[tokio::test]
+async fn retries_until_the_server_comes_up() {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let mut client = Proc::spawn(CLIENT, &[&url, "--nick", "dave"], &[]);
+    client.err_until("cannot connect").await;
+    let wait = client.err_until("reconnecting in ").await;
+    assert_eq!(wait, "reconnecting in 1s");
+
+    let server = TestServer::on_port(port, |_| {}).await;
+    client.err_until("connected to").await;
+    assert_eq!(client.out_line().await.as_deref(), Some(WELCOME));
+    let mut observer = Peer::plain(&url).await;
+    client.type_line("made it").await;
+    observer.expect("dave: made it").await;
+    client.close_stdin();
+    assert_eq!(client.exit_code().await, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reconnects_after_a_server_restart_and_sends_queued_lines() {
+    let server = TestServer::start().await;
+    let port = server.addr.port();
+    let url = server.url();
+    let mut client = Proc::spawn(CLIENT, &[&url, "--nick", "erin"], &[]);
+    let mut observer = Peer::plain(&url).await;
+    client.type_line("before").await;
+    loop {
+        // The join and rename notices come first (order depends on timing).
+        if observer.text().await == "erin: before" {
+            break;
+        }
+    }
+
+    server.stop().await;
+    client.err_until("connection lost, reconnecting in ").await;
+    client.type_line("while away").await;
+
+    let server = TestServer::on_port(port, |_| {}).await;
+    client.err_until("connected to").await;
+    // Whether the queued line went out before or after this observer came,
+    // it sees it exactly once: live, or in the history replay on joining.
+    let mut observer = Peer::plain_raw(&url).await;
+    observer.expect(WELCOME).await;
+    let mut seen = 0;
+    client.type_line("after").await;
+    loop {
+        let line = observer.text().await;
+        if line == "erin: while away" {
+            seen += 1;
+        }
+        if line == "erin: after" {
+            break;
+        }
+    }
+    assert_eq!(seen, 1);
+    client.close_stdin();
+    assert_eq!(client.exit_code().await, 0);
+    server.stop().await;
+}

@@ -1,0 +1,355 @@
+//! Shared test helpers: a real server on 127.0.0.1 port 0, real WebSocket
+//! peers, spawned binaries, and a bounded wait on every await.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderValue;
+use http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
+use wschat::config::ServerConfig;
+use wschat::protocol::{SUBPROTOCOL, ServerFrame, WELCOME};
+use wschat::server;
+
+/// The longest any single expected event may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Awaits `future` or fails the test naming what was awaited.
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match timeout(WAIT, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    /// A server with default settings on a free port.
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A server with adjusted settings on a free port.
+    pub async fn with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::on_port(0, tweak).await
+    }
+
+    /// A server on a given port (0 for any).
+    pub async fn on_port(port: u16, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut config = ServerConfig::defaults();
+        tweak(&mut config);
+        let listener = server::bind("127.0.0.1", port).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            server::run(listener, config, shutdown)
+                .await
+                .expect("server run");
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Shuts the server down gracefully and waits until it has finished.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within("server shutdown", &mut self.task)
+            .await
+            .expect("server task");
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The TCP stream under a `ws://` connection.
+// With TLS enabled `MaybeTlsStream` has more variants; these peers use ws://.
+#[allow(irrefutable_let_patterns)]
+fn plain_tcp(ws: &Socket) -> &TcpStream {
+    let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+        unreachable!("test peers connect with ws://")
+    };
+    tcp
+}
+
+/// A WebSocket peer, written like the exercise's own client.
+pub struct Peer {
+    ws: Socket,
+    /// The peer's own address, as the server sees it.
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    async fn connect(url: &str, json: bool) -> Self {
+        let mut builder = ClientBuilder::new().uri(url).expect("uri");
+        if json {
+            builder = builder
+                .add_header(
+                    SEC_WEBSOCKET_PROTOCOL,
+                    HeaderValue::from_static(SUBPROTOCOL),
+                )
+                .expect("header");
+        }
+        let (ws, _) = within("websocket connect", builder.connect())
+            .await
+            .expect("connect");
+        let addr = plain_tcp(&ws).local_addr().expect("local addr");
+        Self { ws, addr }
+    }
+
+    /// A plain-mode peer, past its welcome line and its own join notice.
+    pub async fn plain(url: &str) -> Self {
+        let mut peer = Self::connect(url, false).await;
+        peer.expect(WELCOME).await;
+        let me = peer.addr;
+        peer.expect(&format!("* {me} joined lobby")).await;
+        peer
+    }
+
+    /// A plain-mode peer straight after the handshake (nothing read yet).
+    pub async fn plain_raw(url: &str) -> Self {
+        Self::connect(url, false).await
+    }
+
+    /// A JSON-mode peer straight after the handshake (nothing read yet).
+    pub async fn json(url: &str) -> Self {
+        Self::connect(url, true).await
+    }
+
+    /// The peer's name before it picks a nick.
+    pub fn name(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        within("send", self.ws.send(Message::text(text.to_owned())))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_message(&mut self, message: Message) {
+        within("send", self.ws.send(message)).await.expect("send");
+    }
+
+    /// The next frame other than ping/pong; `None` once the stream ended.
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            let message = within("a frame", self.ws.next()).await?;
+            let message = message.expect("frame");
+            if !message.is_ping() && !message.is_pong() {
+                return Some(message);
+            }
+        }
+    }
+
+    /// The next text frame.
+    pub async fn text(&mut self) -> String {
+        let message = self
+            .next()
+            .await
+            .expect("stream ended, expected a text frame");
+        if let Some((code, reason)) = message.as_close() {
+            panic!(
+                "expected a text frame, got close {} {reason}",
+                u16::from(code)
+            );
+        }
+        message.as_text().expect("text frame").to_owned()
+    }
+
+    /// Asserts the next text frame is exactly `line`.
+    pub async fn expect(&mut self, line: &str) {
+        assert_eq!(self.text().await, line);
+    }
+
+    /// The next frame, parsed as a JSON-mode server frame.
+    pub async fn frame(&mut self) -> ServerFrame {
+        let text = self.text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON {text:?}: {e}"))
+    }
+
+    /// Reads until the server's close frame; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        while let Some(message) = self.next().await {
+            if let Some((code, reason)) = message.as_close() {
+                return (u16::from(code), reason.to_owned());
+            }
+        }
+        panic!("stream ended without a close frame");
+    }
+
+    /// Drops the connection with a TCP reset: no close frame, as a killed client would.
+    pub fn reset(self) {
+        plain_tcp(&self.ws).set_zero_linger().expect("SO_LINGER 0");
+    }
+
+    /// Sends a close frame and waits for the server's reply.
+    pub async fn close(mut self) {
+        let _ = within("close", self.ws.close()).await;
+    }
+}
+
+/// Reads a raw HTTP response head (status line and headers) from a TCP stream.
+pub async fn http_status(stream: &mut TcpStream) -> u16 {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = within("http response", stream.read(&mut chunk))
+            .await
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    status.parse().expect("numeric status")
+}
+
+/// Sends a raw HTTP request and returns the response status.
+pub async fn http_request(addr: SocketAddr, request: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    http_status(&mut stream).await
+}
+
+/// A spawned binary with its output read line by line.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Lines<BufReader<ChildStdout>>,
+    pub stderr: Lines<BufReader<ChildStderr>>,
+}
+
+impl Proc {
+    /// Spawns one of this package's binaries with piped stdio.
+    pub fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(bin);
+        command
+            .args(args)
+            .env_remove("WSCHAT_HOST")
+            .env_remove("WSCHAT_PORT")
+            .env_remove("WSCHAT_URL")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Writes one line to the process's stdin.
+    pub async fn type_line(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin open");
+        within(
+            "stdin write",
+            stdin.write_all(format!("{line}\n").as_bytes()),
+        )
+        .await
+        .expect("write stdin");
+    }
+
+    /// Closes the process's stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    /// The next stdout line.
+    pub async fn out_line(&mut self) -> Option<String> {
+        within("a stdout line", self.stdout.next_line())
+            .await
+            .expect("read stdout")
+    }
+
+    /// Reads stderr until a line containing `needle`; returns that line.
+    pub async fn err_until(&mut self, needle: &str) -> String {
+        within(&format!("stderr line containing {needle:?}"), async {
+            loop {
+                match self.stderr.next_line().await.expect("read stderr") {
+                    Some(line) if line.contains(needle) => return line,
+                    Some(_) => {}
+                    None => panic!("stderr ended before a line containing {needle:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn exit_code(&mut self) -> i32 {
+        let status = within("process exit", self.child.wait())
+            .await
+            .expect("wait");
+        status.code().expect("exited normally")
+    }
+
+    /// Sends a signal by name (TERM, INT, KILL).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+/// The server binary, started on a free port; returns it and its URL.
+pub async fn spawn_server(args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["--port", "0"];
+    all.extend_from_slice(args);
+    let mut proc = Proc::spawn(env!("CARGO_BIN_EXE_server"), &all, &[]);
+    let line = proc.err_until("listening on ").await;
+    let url = line
+        .split("listening on ")
+        .nth(1)
+        .expect("url after 'listening on'")
+        .trim()
+        .to_owned();
+    (proc, url)
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}

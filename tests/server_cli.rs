@@ -1,0 +1,125 @@
+//! The `server` binary: flags, environment, logs, signals and startup errors.
+
+mod common;
+
+use common::{Peer, Proc, spawn_server};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server");
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_exits_zero() {
+    let (mut server, url) = spawn_server(&[]).await;
+    assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
+    let mut peer = Peer::plain(&url).await;
+    server
+        .err_until(&format!("New connection from {}", peer.addr))
+        .await;
+    server.signal("TERM");
+    assert_eq!(
+        peer.closed().await,
+        (1001, "server shutting down".to_owned())
+    );
+    assert_eq!(server.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn ctrl_c_exits_zero() {
+    let (mut server, _url) = spawn_server(&[]).await;
+    server.signal("INT");
+    assert_eq!(server.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn logs_connections_but_not_message_text() {
+    let (mut server, url) = spawn_server(&[]).await;
+    let mut a = Peer::plain(&url).await;
+    let b = Peer::plain(&url).await;
+    a.expect(&format!("* {} joined lobby", b.name())).await;
+    a.send("a private thought").await;
+    let b_name = b.name();
+    b.reset();
+    a.expect(&format!("* {b_name} left lobby")).await;
+    let a_name = a.name();
+    a.close().await;
+    server.signal("TERM");
+    assert_eq!(server.exit_code().await, 0);
+    let mut log = Vec::new();
+    while let Ok(Some(line)) = server.stderr.next_line().await {
+        log.push(line);
+    }
+    let log = log.join("\n");
+    assert!(
+        log.contains(&format!("New connection from {a_name}")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("Client {b_name} disconnected: ")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.ends_with(&format!("Client {a_name} disconnected"))),
+        "{log}"
+    );
+    assert!(
+        !log.contains("a private thought"),
+        "message text logged at info:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn verbose_logs_message_text() {
+    let (mut server, url) = spawn_server(&["-v"]).await;
+    let mut a = Peer::plain(&url).await;
+    a.send("now you see it").await;
+    server.err_until("now you see it").await;
+}
+
+#[tokio::test]
+async fn port_in_use_is_one_clear_line_and_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let mut server = Proc::spawn(SERVER, &["--port", &port], &[]);
+    assert_eq!(server.exit_code().await, 1);
+    let mut lines = Vec::new();
+    while let Ok(Some(line)) = server.stderr.next_line().await {
+        lines.push(line);
+    }
+    assert_eq!(
+        lines,
+        [format!(
+            "error: cannot listen on 127.0.0.1:{port}: address already in use"
+        )]
+    );
+}
+
+#[tokio::test]
+async fn environment_sets_host_and_port_and_flags_win() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+
+    // The environment is used...
+    let mut server = Proc::spawn(SERVER, &[], &[("WSCHAT_PORT", &port)]);
+    server.err_until("address already in use").await;
+    assert_eq!(server.exit_code().await, 1);
+
+    // ...and a flag wins over it.
+    let mut server = Proc::spawn(
+        SERVER,
+        &["--port", "0"],
+        &[("WSCHAT_PORT", &port), ("WSCHAT_HOST", "127.0.0.2")],
+    );
+    let line = server.err_until("listening on ").await;
+    assert!(line.contains("listening on ws://127.0.0.2:"), "{line}");
+    assert!(!line.ends_with(&format!(":{port}")), "{line}");
+    server.signal("TERM");
+    assert_eq!(server.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn bad_flag_is_a_usage_error() {
+    let mut server = Proc::spawn(SERVER, &["--bogus"], &[]);
+    assert_eq!(server.exit_code().await, 2);
+    let line = server.err_until("--bogus").await;
+    assert!(line.starts_with("error:"), "{line}");
+}
