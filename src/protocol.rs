@@ -178,6 +178,11 @@ pub enum ServerFrame {
         text: String,
         nick: String,
         room: String,
+        /// Identifies the server's message history: when it changes (an
+        /// in-memory server restarted), message ids start again, so a client
+        /// must forget the ids it saw.
+        #[serde(default)]
+        epoch: u64,
     },
     /// A chat message in a room.
     Message {

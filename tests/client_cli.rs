@@ -104,7 +104,14 @@ async fn retries_until_the_server_comes_up() {
     assert_eq!(client.out_line().await.as_deref(), Some(WELCOME));
     let mut observer = Peer::plain(&url).await;
     client.type_line("made it").await;
-    observer.expect("dave: made it").await;
+    // dave's join and rename notices may come before or after this observer.
+    loop {
+        let line = observer.text().await;
+        if line == "dave: made it" {
+            break;
+        }
+        assert!(line.starts_with("* "), "unexpected line {line:?}");
+    }
     client.close_stdin();
     assert_eq!(client.exit_code().await, 0);
     server.stop().await;
@@ -150,4 +157,43 @@ async fn reconnects_after_a_server_restart_and_sends_queued_lines() {
     client.close_stdin();
     assert_eq!(client.exit_code().await, 0);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn room_flag_and_timestamps() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut observer = Peer::plain(&url).await;
+    observer.send("/join den").await;
+    observer
+        .expect(&format!("* {} joined den", observer.name()))
+        .await;
+
+    let mut client = Proc::spawn(CLIENT, &[&url, "--room", "Den", "--timestamps"], &[]);
+    let welcome = client.out_line().await.expect("welcome");
+    assert!(welcome.ends_with(&format!("] {WELCOME}")), "{welcome}");
+    let joined = observer.text().await;
+    assert!(joined.ends_with(" joined den"), "{joined}");
+
+    observer.send("in the den").await;
+    let line = client.out_line().await.expect("message");
+    let (stamp, rest) = line.split_once("] ").expect("[HH:MM:SS] prefix");
+    assert_eq!(rest, format!("{}: in the den", observer.name()));
+    let stamp = stamp.strip_prefix('[').expect("[");
+    assert_eq!(stamp.len(), 8, "{stamp}");
+    assert!(
+        stamp.chars().all(|c| c.is_ascii_digit() || c == ':'),
+        "{stamp}"
+    );
+    client.close_stdin();
+    assert_eq!(client.exit_code().await, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_room_flag_is_a_usage_error() {
+    let mut client = Proc::spawn(CLIENT, &["--room", "no way"], &[]);
+    let line = client.err_until("invalid room").await;
+    assert!(line.starts_with("error: invalid room name"), "{line}");
+    assert_eq!(client.exit_code().await, 2);
 }

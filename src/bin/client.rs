@@ -1,25 +1,13 @@
-//! `client`: parse flags, feed stdin lines to the client, print what it says.
+//! `client`: parse flags, wire up the terminal, run the chat client.
 
-use std::io::{BufRead, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::sync::mpsc;
+use wschat::client::terminal::{PlainOutput, Prompt, read_stdin};
 use wschat::client::{self, Output};
 use wschat::config::ClientConfig;
-
-/// Chat lines to stdout, status lines to stderr; a closed pipe is not an error.
-struct Terminal;
-
-impl Output for Terminal {
-    fn line(&mut self, line: &str) {
-        let _ = writeln!(std::io::stdout().lock(), "{line}");
-    }
-
-    fn status(&mut self, line: &str) {
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
-    }
-}
 
 fn main() -> ExitCode {
     let config = ClientConfig::parse();
@@ -34,20 +22,22 @@ fn main() -> ExitCode {
         }
     };
 
-    // Reading stdin blocks, so it gets a thread of its own; the bounded
-    // channel makes a fast pipe wait for the client instead of piling up.
     let (lines, input) = mpsc::channel(64);
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if lines.blocking_send(line).is_err() {
-                break;
-            }
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let mut output: Box<dyn Output> = match interactive.then(|| Prompt::start(lines.clone())) {
+        Some(Ok(prompt)) => {
+            // The editor thread holds its own sender; input ends when it stops.
+            drop(lines);
+            Box::new(prompt)
         }
-    });
-
-    let code = runtime.block_on(client::run(config, input, &mut Terminal));
-    // The stdin thread may still be blocked in a read: do not wait for it.
+        _ => {
+            read_stdin(lines);
+            Box::new(PlainOutput)
+        }
+    };
+    let code = runtime.block_on(client::run(config, input, output.as_mut()));
+    drop(output);
+    // The input thread may still be blocked reading: do not wait for it.
     runtime.shutdown_background();
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

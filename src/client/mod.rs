@@ -11,7 +11,9 @@
 //! unacknowledged messages were stored (their `cid` came back) and sends only
 //! the others, followed by the lines typed while it was away.
 
-use std::collections::{HashMap, VecDeque};
+pub mod terminal;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -88,6 +90,10 @@ struct Client<'o> {
     /// Set at end of input: when to give up waiting for acknowledgements.
     eof_deadline: Option<Instant>,
     welcomed: bool,
+    /// The `epoch` of the server history the ids in `last_seen` belong to.
+    epoch: Option<u64>,
+    /// Messages of our room received while resuming, by id.
+    held: BTreeMap<u64, ServerFrame>,
 }
 
 impl<'o> Client<'o> {
@@ -112,6 +118,8 @@ impl<'o> Client<'o> {
             next_cid: 0,
             eof_deadline: None,
             welcomed: false,
+            epoch: None,
+            held: BTreeMap::new(),
         }
     }
 
@@ -250,6 +258,11 @@ impl<'o> Client<'o> {
     async fn session(&mut self, mut ws: Socket) -> SessionEnd {
         let mut syncing = true;
         let mut lost_reason = None;
+        // Anything held from a connection that dropped mid-resume is replayed again.
+        self.held.clear();
+        if let Err(end) = self.greeting(&mut ws).await {
+            return end;
+        }
         if let Err(end) = self.resume(&mut ws).await {
             return end;
         }
@@ -316,6 +329,30 @@ impl<'o> Client<'o> {
         }
     }
 
+    /// Reads the server's `welcome`, which comes first.
+    async fn greeting(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
+        let first = match timeout(CONNECT_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(err))) => {
+                return Err(SessionEnd::Lost(Some(format!(
+                    "connection error: {}",
+                    describe_ws_error(&err)
+                ))));
+            }
+            Ok(None) => return Err(SessionEnd::Lost(None)),
+            Err(_) => return Err(SessionEnd::Lost(Some("no welcome from the server".into()))),
+        };
+        match first.as_text().map(serde_json::from_str::<ServerFrame>) {
+            Some(Ok(frame @ ServerFrame::Welcome { .. })) => {
+                self.on_event(frame, true);
+                Ok(())
+            }
+            _ => Err(SessionEnd::Lost(Some(
+                "the server did not speak the wschat.v1 protocol".into(),
+            ))),
+        }
+    }
+
     /// Claims the nick and room and asks for what was missed, then the barrier ping.
     async fn resume(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
         if let Some(nick) = self.nick.clone() {
@@ -332,8 +369,12 @@ impl<'o> Client<'o> {
         send_raw(ws, Message::ping(SYNC)).await
     }
 
-    /// After the replay: resend what was not stored, then what was typed meanwhile.
+    /// After the replay: show what was held, resend what was not stored, then
+    /// send what was typed meanwhile.
     async fn flush_after_resume(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
+        for (_, frame) in std::mem::take(&mut self.held) {
+            self.on_event(frame, false);
+        }
         let resend: Vec<ClientFrame> = self.unacked.drain(..).map(|(_, f)| f).collect();
         for frame in resend {
             self.send(ws, frame).await?;
@@ -421,8 +462,18 @@ impl<'o> Client<'o> {
     /// Renders one server event, dropping duplicates and our own echoes.
     fn on_event(&mut self, frame: ServerFrame, syncing: bool) {
         match &frame {
-            ServerFrame::Welcome { nick, .. } => {
+            ServerFrame::Welcome { nick, epoch, .. } => {
                 self.me.clone_from(nick);
+                if self.epoch != Some(*epoch) {
+                    // A new history: ids start again, and everything it holds is
+                    // new to us (resume from 0 where we had seen something).
+                    if self.epoch.is_some() {
+                        for seen in self.last_seen.values_mut() {
+                            *seen = 0;
+                        }
+                    }
+                    self.epoch = Some(*epoch);
+                }
                 if self.welcomed {
                     return;
                 }
@@ -438,6 +489,15 @@ impl<'o> Client<'o> {
             } => {
                 if let Some(cid) = cid {
                     self.unacked.retain(|(c, _)| c != cid);
+                }
+                if syncing {
+                    // Until the resume is complete, messages may arrive ahead
+                    // of the replay that fills the gap before them: hold our
+                    // room's by id and show them, in order, at the barrier.
+                    if *room == self.room {
+                        self.held.insert(*id, frame);
+                    }
+                    return;
                 }
                 if *history && *room != self.room {
                     return;

@@ -192,6 +192,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             text: WELCOME.into(),
             nick: session.nick.to_string(),
             room: session.room.name().to_string(),
+            epoch: session.shared.epoch,
         });
         session.replay(&sub.backlog);
         session.announce(ServerFrame::Joined {

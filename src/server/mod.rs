@@ -40,6 +40,9 @@ pub struct Shared {
     pub bus: Bus,
     /// Nicks and presence.
     pub hub: Hub,
+    /// This history's generation, sent in `welcome`: the start time in ms,
+    /// because in-memory history (and its ids) starts afresh on restart.
+    pub epoch: u64,
     next_id: AtomicU64,
 }
 
@@ -48,6 +51,7 @@ impl Shared {
         Self {
             bus: Bus::new(config.history, config.max_lag),
             hub: Hub::default(),
+            epoch: crate::protocol::now_ms(),
             next_id: AtomicU64::new(1),
             config,
         }
