@@ -1,5 +1,6 @@
 //! Command-line flags of both binaries (clap derive; the doc comments are the help).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -59,6 +60,31 @@ pub struct ServerConfig {
     /// Seconds a peer has to complete its handshake.
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout: u64,
+
+    /// Messages allowed per connection per 10 seconds, on average (0: no limit).
+    #[arg(long, default_value_t = 20)]
+    pub rate: u32,
+
+    /// Messages a connection may send at once before the rate applies.
+    #[arg(long, default_value_t = 10)]
+    pub rate_burst: u32,
+
+    /// Require this secret at the handshake (`Authorization: Bearer` or `?token=`).
+    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Serve wss:// with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// A browser origin allowed besides the server's own (repeatable), e.g.
+    /// `https://chat.example.org`.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
 }
 
 impl ServerConfig {
@@ -106,4 +132,12 @@ pub struct ClientConfig {
     /// Prefix each line with the time it was sent.
     #[arg(long)]
     pub timestamps: bool,
+
+    /// The server's secret, if it asks for one.
+    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Also trust this CA certificate (PEM) for wss://, e.g. a self-signed server's.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
 }

@@ -21,6 +21,9 @@ pub enum Error {
         /// Why it failed, in words.
         reason: String,
     },
+    /// A certificate or key that cannot be used.
+    #[error("{0}")]
+    Tls(String),
     /// A URL or other argument that cannot be used.
     #[error("{0}")]
     Usage(String),

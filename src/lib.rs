@@ -8,11 +8,15 @@
 //!   tracks nicks and presence, and `bus` is the fan-out seam (publish to a
 //!   room, subscribe to a room, read history after an id).
 //! - [`client`]: the terminal client's connect / reconnect / resume loop.
+//! - [`limit`]: the token bucket behind flood control (server and client).
+//! - [`tls`]: loading certificates and keys for `wss://`.
 //! - [`config`]: the command-line flags of both binaries.
 //! - [`error`]: the crate's error type.
 
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod limit;
 pub mod protocol;
 pub mod server;
+pub mod tls;

@@ -156,6 +156,17 @@ impl From<ClientFrame> for Request {
     }
 }
 
+/// The limits a server announces in `welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowance {
+    /// Messages per connection per 10 seconds on average; 0 means no limit.
+    pub rate: u32,
+    /// Messages that may be sent at once before the rate applies.
+    pub rate_burst: u32,
+    /// The longest message text, in bytes.
+    pub max_message_bytes: usize,
+}
+
 /// One room in a `rooms` listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomInfo {
@@ -183,6 +194,9 @@ pub enum ServerFrame {
         /// must forget the ids it saw.
         #[serde(default)]
         epoch: u64,
+        /// What the server allows, so a client can pace itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limits: Option<Allowance>,
     },
     /// A chat message in a room.
     Message {

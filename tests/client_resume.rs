@@ -73,7 +73,7 @@ async fn read_numbers_until(client: &mut Proc, last: usize, seen: &mut Vec<usize
 
 #[tokio::test]
 async fn resumes_after_a_cut_connection_with_every_message_once_in_order() {
-    let server = TestServer::start().await;
+    let server = TestServer::with(|c| c.rate = 0).await;
     let cutter = Cutter::start(server.addr).await;
     let url = format!("ws://{}", cutter.addr);
 

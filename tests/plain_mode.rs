@@ -106,7 +106,7 @@ async fn unknown_command_names_help() {
 async fn fifty_clients_lose_nothing_and_keep_per_sender_order() {
     const CLIENTS: usize = 50;
     const EACH: usize = 20;
-    let server = TestServer::start().await;
+    let server = TestServer::with(|c| c.rate = 0).await;
     let url = server.url();
     let mut peers = Vec::new();
     for _ in 0..CLIENTS {
@@ -181,6 +181,7 @@ async fn a_reader_that_never_reads_is_closed_1013_and_slows_nobody() {
     const MESSAGES: usize = 400;
     const SIZE: usize = 20_000;
     let server = TestServer::with(|c| {
+        c.rate = 0;
         c.max_lag = 64;
         c.max_message_bytes = SIZE;
     })

@@ -18,19 +18,23 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderValue;
-use http::header::SEC_WEBSOCKET_PROTOCOL;
+use http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_websockets::{ClientBuilder, CloseCode, MaybeTlsStream, Message, WebSocketStream};
+use tokio_websockets::{
+    ClientBuilder, CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream,
+};
 
 use crate::config::ClientConfig;
 use crate::error::describe_io;
+use crate::limit::TokenBucket;
 use crate::protocol::{
-    ClientFrame, DEFAULT_ROOM, HELP, Request, SUBPROTOCOL, ServerFrame, normalize_room, parse_plain,
+    ClientFrame, DEFAULT_ROOM, ErrorCode, HELP, Request, SUBPROTOCOL, ServerFrame, normalize_room,
+    parse_plain,
 };
 
-/// Lines kept while disconnected; older ones are dropped beyond this.
+/// Most frames queued to send; input is not read while this many wait.
 pub const OUTBOX_LIMIT: usize = 1000;
 /// How long the client waits at end of input for the server to take everything.
 pub const EOF_GRACE: Duration = Duration::from_secs(5);
@@ -94,6 +98,15 @@ struct Client<'o> {
     epoch: Option<u64>,
     /// Messages of our room received while resuming, by id.
     held: BTreeMap<u64, ServerFrame>,
+    /// The server's flood control as announced in `welcome`, mirrored so the
+    /// client paces itself instead of having messages refused.
+    bucket: Option<TokenBucket>,
+    /// When the next paced message may go.
+    pace_at: Option<Instant>,
+    /// Whether this connection has sent its end-of-input ping.
+    eof_sent: bool,
+    /// TLS setup for wss:// URLs.
+    connector: Option<Connector>,
 }
 
 impl<'o> Client<'o> {
@@ -120,6 +133,10 @@ impl<'o> Client<'o> {
             welcomed: false,
             epoch: None,
             held: BTreeMap::new(),
+            bucket: None,
+            pace_at: None,
+            eof_sent: false,
+            connector: None,
         }
     }
 
@@ -128,6 +145,15 @@ impl<'o> Client<'o> {
             if let Err(rejection) = normalize_room(room) {
                 self.out.status(&format!("error: {}", rejection.text));
                 return 2;
+            }
+        }
+        if self.config.url.starts_with("wss://") || self.config.ca_cert.is_some() {
+            match crate::tls::connector(self.config.ca_cert.as_deref()) {
+                Ok(connector) => self.connector = Some(connector),
+                Err(err) => {
+                    self.out.status(&format!("error: {err}"));
+                    return 2;
+                }
             }
         }
         let mut attempt: u32 = 0;
@@ -204,7 +230,7 @@ impl<'o> Client<'o> {
         loop {
             tokio::select! {
                 () = sleep_until(until) => return true,
-                line = self.input.recv(), if self.input_open => match line {
+                line = self.input.recv(), if self.input_open && self.outbox.len() < OUTBOX_LIMIT => match line {
                     Some(line) => match self.on_line(&line) {
                         LineAction::Quit => return false,
                         LineAction::Send(frame) => self.enqueue(frame),
@@ -229,17 +255,21 @@ impl<'o> Client<'o> {
         self.eof_deadline = Some(Instant::now() + EOF_GRACE);
     }
 
+    /// Queues a frame to send. Input is not read while the queue is full, so
+    /// it never grows past [`OUTBOX_LIMIT`] and nothing typed is dropped.
     fn enqueue(&mut self, frame: ClientFrame) {
-        if self.outbox.len() == OUTBOX_LIMIT {
-            self.outbox.pop_front();
-            self.out
-                .status("offline queue full: dropped the oldest line");
-        }
         self.outbox.push_back(frame);
     }
 
+    /// Notes progress towards delivering everything (extends the end-of-input wait).
+    fn progress(&mut self) {
+        if let Some(deadline) = &mut self.eof_deadline {
+            *deadline = Instant::now() + EOF_GRACE;
+        }
+    }
+
     async fn connect(&mut self) -> Result<Socket, String> {
-        let builder = ClientBuilder::new()
+        let mut builder = ClientBuilder::new()
             .uri(&self.config.url)
             .map_err(|e| format!("invalid URL: {e}"))?
             .add_header(
@@ -247,6 +277,16 @@ impl<'o> Client<'o> {
                 HeaderValue::from_static(SUBPROTOCOL),
             )
             .map_err(|e| e.to_string())?;
+        if let Some(token) = &self.config.token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| "the token must be printable ASCII".to_owned())?;
+            builder = builder
+                .add_header(AUTHORIZATION, value)
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(connector) = &self.connector {
+            builder = builder.connector(connector);
+        }
         match timeout(CONNECT_TIMEOUT, builder.connect()).await {
             Ok(Ok((ws, _response))) => Ok(ws),
             Ok(Err(err)) => Err(describe_ws_error(&err)),
@@ -260,6 +300,8 @@ impl<'o> Client<'o> {
         let mut lost_reason = None;
         // Anything held from a connection that dropped mid-resume is replayed again.
         self.held.clear();
+        self.eof_sent = false;
+        self.pace_at = None;
         if let Err(end) = self.greeting(&mut ws).await {
             return end;
         }
@@ -268,6 +310,8 @@ impl<'o> Client<'o> {
         }
         loop {
             let deadline = self.eof_deadline;
+            let pace_at = self.pace_at.filter(|_| !syncing);
+            let room_for_input = self.input_open && self.outbox.len() < OUTBOX_LIMIT;
             tokio::select! {
                 frame = ws.next() => match frame {
                     Some(Ok(message)) => {
@@ -296,7 +340,7 @@ impl<'o> Client<'o> {
                     Some(Err(err)) => return SessionEnd::Lost(Some(format!("connection error: {}", describe_ws_error(&err)))),
                     None => return SessionEnd::Lost(lost_reason),
                 },
-                line = self.input.recv(), if self.input_open => match line {
+                line = self.input.recv(), if room_for_input => match line {
                     Some(line) => match self.on_line(&line) {
                         LineAction::Quit => {
                             let _ = ws.send(Message::close(Some(CloseCode::NORMAL_CLOSURE), "bye")).await;
@@ -304,24 +348,31 @@ impl<'o> Client<'o> {
                             return SessionEnd::Finished;
                         }
                         LineAction::Send(frame) => {
-                            if syncing {
-                                self.enqueue(frame);
-                            } else if let Err(end) = self.send(&mut ws, frame).await {
-                                return end;
+                            self.enqueue(frame);
+                            // During a resume the barrier handler sends it, after the resends.
+                            if !syncing && self.pace_at.is_none() {
+                                if let Err(end) = self.pump(&mut ws).await {
+                                    return end;
+                                }
                             }
                         }
                         LineAction::Nothing => {}
                     },
                     None => {
                         self.end_of_input();
-                        // During a resume the barrier handler sends it, after the resends.
-                        if !syncing {
-                            if let Err(end) = send_raw(&mut ws, Message::ping(EOF)).await {
+                        if !syncing && self.pace_at.is_none() {
+                            if let Err(end) = self.pump(&mut ws).await {
                                 return end;
                             }
                         }
                     }
                 },
+                () = sleep_until(pace_at.unwrap_or_else(Instant::now)), if pace_at.is_some() => {
+                    self.pace_at = None;
+                    if let Err(end) = self.pump(&mut ws).await {
+                        return end;
+                    }
+                }
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     return SessionEnd::GaveUp;
                 }
@@ -375,14 +426,31 @@ impl<'o> Client<'o> {
         for (_, frame) in std::mem::take(&mut self.held) {
             self.on_event(frame, false);
         }
-        let resend: Vec<ClientFrame> = self.unacked.drain(..).map(|(_, f)| f).collect();
-        for frame in resend {
-            self.send(ws, frame).await?;
+        // Unconfirmed messages go first, in their original order.
+        for (_, frame) in self.unacked.drain(..).rev() {
+            self.outbox.push_front(frame);
         }
-        while let Some(frame) = self.outbox.pop_front() {
-            self.send(ws, frame).await?;
+        self.pump(ws).await
+    }
+
+    /// Sends queued frames as far as the rate allows; once input has ended and
+    /// everything is out, sends the end-of-input ping.
+    async fn pump(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
+        while let Some(front) = self.outbox.front() {
+            let is_message = matches!(front, ClientFrame::Say { .. } | ClientFrame::Private { .. });
+            if let (true, Some(bucket)) = (is_message, &mut self.bucket) {
+                if !bucket.try_take() {
+                    self.pace_at = Some(Instant::now() + bucket.wait());
+                    return Ok(());
+                }
+            }
+            if let Some(frame) = self.outbox.pop_front() {
+                self.send(ws, frame).await?;
+                self.progress();
+            }
         }
-        if !self.input_open {
+        if !self.input_open && !self.eof_sent {
+            self.eof_sent = true;
             send_raw(ws, Message::ping(EOF)).await?;
         }
         Ok(())
@@ -462,8 +530,14 @@ impl<'o> Client<'o> {
     /// Renders one server event, dropping duplicates and our own echoes.
     fn on_event(&mut self, frame: ServerFrame, syncing: bool) {
         match &frame {
-            ServerFrame::Welcome { nick, epoch, .. } => {
+            ServerFrame::Welcome {
+                nick,
+                epoch,
+                limits,
+                ..
+            } => {
                 self.me.clone_from(nick);
+                self.bucket = limits.and_then(|l| TokenBucket::new(l.rate, l.rate_burst));
                 if self.epoch != Some(*epoch) {
                     // A new history: ids start again, and everything it holds is
                     // new to us (resume from 0 where we had seen something).
@@ -489,6 +563,7 @@ impl<'o> Client<'o> {
             } => {
                 if let Some(cid) = cid {
                     self.unacked.retain(|(c, _)| c != cid);
+                    self.progress();
                 }
                 if syncing {
                     // Until the resume is complete, messages may arrive ahead
@@ -514,6 +589,7 @@ impl<'o> Client<'o> {
             ServerFrame::Private { from, to, cid, .. } => {
                 if let Some(cid) = cid {
                     self.unacked.retain(|(c, _)| c != cid);
+                    self.progress();
                 }
                 if from.eq_ignore_ascii_case(&self.me) && !to.eq_ignore_ascii_case(&self.me) {
                     return;
@@ -528,6 +604,19 @@ impl<'o> Client<'o> {
                 self.me.clone_from(new);
                 self.nick = Some(new.clone());
                 if syncing {
+                    return;
+                }
+            }
+            ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                cid: Some(cid),
+                ..
+            } => {
+                // Sent too fast after all: queue it again and wait a moment.
+                if let Some(at) = self.unacked.iter().position(|(c, _)| c == cid) {
+                    let (_, frame) = self.unacked.remove(at);
+                    self.outbox.push_front(frame);
+                    self.pace_at = Some(Instant::now() + Duration::from_secs(1));
                     return;
                 }
             }

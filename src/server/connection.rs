@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
 use tokio::time::{Instant, MissedTickBehavior, timeout};
@@ -29,9 +28,10 @@ use super::Shared;
 use super::bus::{ConnId, Delivery, Replay, Room};
 use super::handshake::{self, Decision};
 use super::hub::{DIRECT_CAPACITY, Member};
+use crate::limit::TokenBucket;
 use crate::protocol::{
-    DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, WELCOME, normalize_room,
-    now_ms, parse_json, parse_plain, validate_nick,
+    Allowance, DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, WELCOME,
+    normalize_room, now_ms, parse_json, parse_plain, validate_nick,
 };
 
 /// How long a closing connection waits for its close handshake.
@@ -46,8 +46,8 @@ const DRAIN_BATCH: usize = 1024;
 ///
 /// `slot` is this connection's share of `--max-connections`; without one the
 /// handshake is answered with 503.
-pub(super) async fn serve(
-    mut stream: TcpStream,
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     slot: Option<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
@@ -75,7 +75,7 @@ pub(super) async fn serve(
         let _ = timeout(within, handshake::send(&mut stream, &response)).await;
         return;
     };
-    let mode = match handshake::decide(&head) {
+    let mode = match handshake::decide(&head, &shared.policy) {
         Decision::Respond { status, response } => {
             debug!("{peer}: answered HTTP {status}");
             let _ = timeout(within, handshake::send(&mut stream, &response)).await;
@@ -155,6 +155,8 @@ struct Session<S> {
     last_heard: Instant,
     /// Set once the peer has been removed from the hub and its room.
     left: bool,
+    /// Flood control (`None` with `--rate 0`).
+    bucket: Option<TokenBucket>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -174,6 +176,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             },
         );
         let sub = room.subscribe(Replay::Recent(shared.config.history_on_join));
+        let bucket = TokenBucket::new(shared.config.rate, shared.config.rate_burst);
+        let limits = Allowance {
+            rate: shared.config.rate,
+            rate_burst: shared.config.rate_burst,
+            max_message_bytes: shared.config.max_message_bytes,
+        };
         let mut session = Self {
             id,
             peer,
@@ -187,12 +195,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             unflushed: 0,
             last_heard: Instant::now(),
             left: false,
+            bucket,
         };
         session.reply(ServerFrame::Welcome {
             text: WELCOME.into(),
             nick: session.nick.to_string(),
             room: session.room.name().to_string(),
             epoch: session.shared.epoch,
+            limits: Some(limits),
         });
         session.replay(&sub.backlog);
         session.announce(ServerFrame::Joined {
@@ -449,8 +459,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Checks a message's text against the limits.
-    fn check_text(&self, text: &str) -> Result<(), Rejection> {
+    /// Checks a message against the limits (taking a rate token if it passes).
+    fn check_text(&mut self, text: &str) -> Result<(), Rejection> {
         let max = self.shared.config.max_message_bytes;
         if text.len() > max {
             return Err(Rejection::new(
@@ -460,6 +470,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if text.trim().is_empty() {
             return Err(Rejection::new(ErrorCode::Empty, "empty message"));
+        }
+        if let Some(bucket) = &mut self.bucket {
+            if !bucket.try_take() {
+                let config = &self.shared.config;
+                return Err(Rejection::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "rate limited: at most {} messages per 10 s (bursts of {}); this one was not delivered",
+                        config.rate, config.rate_burst
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -5,8 +5,10 @@
 //! handshake with a proper HTTP status before any WebSocket traffic.
 
 use base64::Engine;
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::config::ServerConfig;
 use crate::protocol::{Mode, SUBPROTOCOL};
 
 /// Largest request head accepted.
@@ -15,6 +17,85 @@ const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 /// RFC 6455 key suffix.
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Who may open a WebSocket: the token and the browser origins.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// The secret a handshake must carry, if any.
+    pub token: Option<String>,
+    /// Browser origins allowed besides the server's own.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Policy {
+    /// The policy the server's flags ask for.
+    pub fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            token: config.token.clone().filter(|t| !t.is_empty()),
+            allowed_origins: config
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// Whether a browser's `Origin` may connect: the server's own origin (the
+    /// request's Host over http or https) or one listed. `null` never may.
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        if origin == "null" {
+            return false;
+        }
+        if let Some(host) = host.map(|h| h.trim().to_ascii_lowercase()) {
+            if origin == format!("http://{host}") || origin == format!("https://{host}") {
+                return true;
+            }
+        }
+        self.allowed_origins.contains(&origin)
+    }
+
+    /// Whether the request carries the token, as a bearer header or `?token=`.
+    fn authorized(&self, authorization: Option<&str>, target: &str) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        let bearer = authorization
+            .and_then(|v| v.trim().strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned());
+        let query = query_param(target, "token");
+        [bearer, query]
+            .into_iter()
+            .flatten()
+            .any(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
+    }
+}
+
+/// The percent-decoded value of `name` in the request target's query string.
+fn query_param(target: &str, name: &str) -> Option<String> {
+    let query = target.split_once('?')?.1.split('#').next()?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(value))?
+    })
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
 
 /// What the server decided about one request.
 #[derive(Debug, PartialEq, Eq)]
@@ -95,7 +176,7 @@ fn respond(status: u16, reason: &str, body: &str) -> Decision {
 }
 
 /// Decides what to do with a request head.
-pub fn decide(head: &[u8]) -> Decision {
+pub fn decide(head: &[u8], policy: &Policy) -> Decision {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let consumed = match request.parse(head) {
@@ -134,6 +215,29 @@ pub fn decide(head: &[u8]) -> Decision {
             "Upgrade Required",
             "this is a wschat WebSocket endpoint: connect with a WebSocket client\n",
         );
+    }
+    if let Some(origin) = header("origin") {
+        if !policy.origin_allowed(origin, header("host")) {
+            return respond(
+                403,
+                "Forbidden",
+                "cross-site WebSocket refused: this origin is not allowed\n",
+            );
+        }
+    }
+    if !policy.authorized(header("authorization"), target) {
+        let body = "a token is required: send Authorization: Bearer TOKEN or ?token=TOKEN\n";
+        let mut response = text_response(401, "Unauthorized", body);
+        // Insert the challenge header after the status line.
+        let at = response
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        response.splice(at..at, *b"WWW-Authenticate: Bearer realm=\"wschat\"\r\n");
+        return Decision::Respond {
+            status: 401,
+            response,
+        };
     }
     let connection_upgrade = header("connection").is_some_and(|v| {
         v.split(',')
@@ -177,6 +281,72 @@ mod tests {
         text.into_bytes()
     }
 
+    fn open() -> Policy {
+        Policy::default()
+    }
+
+    fn upgrade_with(target: &str, extra: &[&str], policy: &Policy) -> u16 {
+        let first = format!("GET {target} HTTP/1.1");
+        let mut lines = vec![first.as_str()];
+        lines.extend_from_slice(UPGRADE);
+        lines.extend_from_slice(extra);
+        status(&decide(&request(&lines), policy))
+    }
+
+    #[test]
+    fn origin_policy() {
+        let policy = Policy {
+            token: None,
+            allowed_origins: vec!["https://chat.example.org".into()],
+        };
+        assert_eq!(upgrade_with("/", &[], &policy), 101);
+        assert_eq!(
+            upgrade_with("/", &["Origin: http://localhost"], &policy),
+            101
+        );
+        assert_eq!(
+            upgrade_with("/", &["Origin: https://LOCALHOST/"], &policy),
+            101
+        );
+        assert_eq!(
+            upgrade_with("/", &["Origin: https://chat.example.org"], &policy),
+            101
+        );
+        assert_eq!(
+            upgrade_with("/", &["Origin: https://evil.example"], &policy),
+            403
+        );
+        assert_eq!(upgrade_with("/", &["Origin: null"], &policy), 403);
+        assert_eq!(
+            upgrade_with("/", &["Origin: http://localhost:8080"], &policy),
+            403
+        );
+    }
+
+    #[test]
+    fn token_policy() {
+        let policy = Policy {
+            token: Some("s3cret/+".into()),
+            allowed_origins: Vec::new(),
+        };
+        assert_eq!(upgrade_with("/", &[], &policy), 401);
+        assert_eq!(
+            upgrade_with("/", &["Authorization: Bearer s3cret/+"], &policy),
+            101
+        );
+        assert_eq!(
+            upgrade_with("/", &["Authorization: Bearer wrong"], &policy),
+            401
+        );
+        assert_eq!(upgrade_with("/?token=s3cret%2F%2B", &[], &policy), 101);
+        assert_eq!(upgrade_with("/ws?x=1&token=s3cret/+", &[], &policy), 101);
+        assert_eq!(upgrade_with("/?token=s3cret", &[], &policy), 401);
+        assert_eq!(upgrade_with("/?token=%zz", &[], &policy), 401);
+        let mut lines = vec!["GET /healthz HTTP/1.1"];
+        lines.push("Host: x");
+        assert_eq!(status(&decide(&request(&lines), &policy)), 200);
+    }
+
     fn status(decision: &Decision) -> u16 {
         match decision {
             Decision::Upgrade { .. } => 101,
@@ -196,7 +366,8 @@ mod tests {
     fn accepts_rfc_example_key() {
         let mut lines = vec!["GET /ws HTTP/1.1"];
         lines.extend_from_slice(UPGRADE);
-        let Decision::Upgrade { mode, response } = decide(&request(&lines)) else {
+        let Decision::Upgrade { mode, response } = decide(&request(&lines), &Policy::default())
+        else {
             panic!("expected an upgrade");
         };
         assert_eq!(mode, Mode::Plain);
@@ -212,7 +383,8 @@ mod tests {
             "Sec-WebSocket-Protocol: chat, wschat.v1",
         ];
         lines.extend_from_slice(UPGRADE);
-        let Decision::Upgrade { mode, response } = decide(&request(&lines)) else {
+        let Decision::Upgrade { mode, response } = decide(&request(&lines), &Policy::default())
+        else {
             panic!("expected an upgrade");
         };
         assert_eq!(mode, Mode::Json);
@@ -221,13 +393,25 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_an_upgrade() {
-        assert_eq!(status(&decide(&request(&["GET / HTTP/1.1"]))), 426);
-        assert_eq!(status(&decide(&request(&["GET /healthz HTTP/1.1"]))), 200);
-        assert_eq!(status(&decide(&request(&["GET /nope HTTP/1.1"]))), 404);
-        assert_eq!(status(&decide(&request(&["POST / HTTP/1.1"]))), 405);
-        assert_eq!(status(&decide(b"\x16\x03\x01garbage\r\n\r\n")), 400);
+        assert_eq!(status(&decide(&request(&["GET / HTTP/1.1"]), &open())), 426);
+        assert_eq!(
+            status(&decide(&request(&["GET /healthz HTTP/1.1"]), &open())),
+            200
+        );
+        assert_eq!(
+            status(&decide(&request(&["GET /nope HTTP/1.1"]), &open())),
+            404
+        );
+        assert_eq!(
+            status(&decide(&request(&["POST / HTTP/1.1"]), &open())),
+            405
+        );
+        assert_eq!(
+            status(&decide(b"\x16\x03\x01garbage\r\n\r\n", &open())),
+            400
+        );
         let mut lines = vec!["GET / HTTP/1.1"];
         lines.extend_from_slice(&UPGRADE[..4]);
-        assert_eq!(status(&decide(&request(&lines))), 400);
+        assert_eq!(status(&decide(&request(&lines), &Policy::default())), 400);
     }
 }

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
 use crate::error::{Error, Result, describe_io};
@@ -40,6 +40,8 @@ pub struct Shared {
     pub bus: Bus,
     /// Nicks and presence.
     pub hub: Hub,
+    /// Who may connect.
+    pub policy: handshake::Policy,
     /// This history's generation, sent in `welcome`: the start time in ms,
     /// because in-memory history (and its ids) starts afresh on restart.
     pub epoch: u64,
@@ -51,6 +53,7 @@ impl Shared {
         Self {
             bus: Bus::new(config.history, config.max_lag),
             hub: Hub::default(),
+            policy: handshake::Policy::from_config(&config),
             epoch: crate::protocol::now_ms(),
             next_id: AtomicU64::new(1),
             config,
@@ -107,11 +110,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let local = listener.local_addr()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let shared = Arc::new(Shared::new(config));
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    info!("listening on ws://{local}");
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    info!("listening on {scheme}://{local}");
 
     tokio::pin!(shutdown);
     loop {
@@ -122,13 +130,25 @@ pub async fn run(
                     // Without this, Nagle holds small frames back for tens of ms.
                     let _ = stream.set_nodelay(true);
                     let slot = slots.clone().try_acquire_owned().ok();
-                    tracker.spawn(connection::serve(
-                        stream,
-                        peer,
-                        slot,
-                        shared.clone(),
-                        token.clone(),
-                    ));
+                    let (shared, token) = (shared.clone(), token.clone());
+                    match &tls {
+                        None => {
+                            tracker.spawn(connection::serve(stream, peer, slot, shared, token));
+                        }
+                        Some(acceptor) => {
+                            let accept = acceptor.accept(stream);
+                            tracker.spawn(async move {
+                                let within = shared.config.handshake_within();
+                                match tokio::time::timeout(within, accept).await {
+                                    Ok(Ok(stream)) => {
+                                        connection::serve(stream, peer, slot, shared, token).await;
+                                    }
+                                    Ok(Err(err)) => debug!("{peer}: TLS handshake failed: {err}"),
+                                    Err(_) => debug!("{peer}: TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(err) => {
                     // Typically out of file descriptors: back off instead of spinning.

@@ -260,6 +260,7 @@ impl Proc {
             .env_remove("WSCHAT_PORT")
             .env_remove("WSCHAT_URL")
             .env_remove("RUST_LOG")
+            .env_remove("WSCHAT_TOKEN")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,0 +1,93 @@
+//! Flood control: a token bucket (a burst of N, refilled at a steady rate).
+//!
+//! The server keeps one per connection and refuses what goes over it; the
+//! bundled client keeps a copy with the limits the server announced in its
+//! `welcome`, so it paces itself instead of having messages refused.
+
+use std::time::{Duration, Instant};
+
+/// A token bucket: `burst` tokens, refilled at `per_second`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    per_second: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket allowing `per_ten_seconds` messages per 10 s on average and
+    /// `burst` at once; `None` when `per_ten_seconds` is 0 (no limit).
+    pub fn new(per_ten_seconds: u32, burst: u32) -> Option<Self> {
+        (per_ten_seconds > 0).then(|| {
+            let burst = f64::from(burst.max(1));
+            Self {
+                tokens: burst,
+                burst,
+                per_second: f64::from(per_ten_seconds) / 10.0,
+                updated: Instant::now(),
+            }
+        })
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.updated = now;
+    }
+
+    /// Takes a token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        self.try_take_at(Instant::now())
+    }
+
+    /// [`Self::try_take`] at a given time (for tests).
+    pub fn try_take_at(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long until a token is available (zero if one is).
+    pub fn wait(&mut self) -> Duration {
+        self.refill(Instant::now());
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.per_second)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_a_burst_then_the_refill_rate() {
+        let mut bucket = TokenBucket::new(20, 10).expect("limited");
+        let start = bucket.updated;
+        for _ in 0..10 {
+            assert!(bucket.try_take_at(start));
+        }
+        assert!(!bucket.try_take_at(start));
+        // 2 per second: one more after half a second, not before.
+        assert!(!bucket.try_take_at(start + Duration::from_millis(400)));
+        assert!(bucket.try_take_at(start + Duration::from_millis(500)));
+        // Never more than the burst, however long it rested.
+        let later = start + Duration::from_secs(3600);
+        for _ in 0..10 {
+            assert!(bucket.try_take_at(later));
+        }
+        assert!(!bucket.try_take_at(later));
+    }
+
+    #[test]
+    fn zero_rate_means_unlimited() {
+        assert!(TokenBucket::new(0, 10).is_none());
+    }
+}
