@@ -43,11 +43,7 @@ async fn logs_connections_but_not_message_text() {
     a.close().await;
     server.signal("TERM");
     assert_eq!(server.exit_code().await, 0);
-    let mut log = Vec::new();
-    while let Ok(Some(line)) = server.stderr.next_line().await {
-        log.push(line);
-    }
-    let log = log.join("\n");
+    let log = server.err_rest().await.join("\n");
     assert!(
         log.contains(&format!("New connection from {a_name}")),
         "{log}"
@@ -81,10 +77,7 @@ async fn port_in_use_is_one_clear_line_and_exit_1() {
     let port = taken.local_addr().expect("addr").port().to_string();
     let mut server = Proc::spawn(SERVER, &["--port", &port], &[]);
     assert_eq!(server.exit_code().await, 1);
-    let mut lines = Vec::new();
-    while let Ok(Some(line)) = server.stderr.next_line().await {
-        lines.push(line);
-    }
+    let lines = server.err_rest().await;
     assert_eq!(
         lines,
         [format!(

@@ -9,10 +9,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderValue;
 use http::header::SEC_WEBSOCKET_PROTOCOL;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
-use tokio::sync::oneshot;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
@@ -168,6 +168,14 @@ impl Peer {
         }
     }
 
+    /// The next frame of any kind, pings included.
+    pub async fn next_any(&mut self) -> Message {
+        within("a frame", self.ws.next())
+            .await
+            .expect("stream ended")
+            .expect("frame")
+    }
+
     /// The next text frame.
     pub async fn text(&mut self) -> String {
         let message = self
@@ -217,23 +225,32 @@ impl Peer {
 
 /// Reads a raw HTTP response head (status line and headers) from a TCP stream.
 pub async fn http_status(stream: &mut TcpStream) -> u16 {
+    read_response_head(stream).await.0
+}
+
+/// Reads a response head; returns its status and any bytes read past it.
+pub async fn read_response_head(stream: &mut TcpStream) -> (u16, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
         let n = within("http response", stream.read(&mut chunk))
             .await
             .expect("read");
         if n == 0 {
-            break;
+            break buf.len();
         }
         buf.extend_from_slice(&chunk[..n]);
-    }
+    };
+    let rest = buf.split_off(end);
     let text = String::from_utf8_lossy(&buf);
     let status = text
         .split_whitespace()
         .nth(1)
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    status.parse().expect("numeric status")
+    (status.parse().expect("numeric status"), rest)
 }
 
 /// Sends a raw HTTP request and returns the response status.
@@ -244,10 +261,27 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> u16 {
 }
 
 /// A spawned binary with its output read line by line.
+///
+/// Its stdout and stderr are drained continuously by background tasks: a
+/// child whose pipe fills up would block in a write and stall.
 pub struct Proc {
     pub child: Child,
-    pub stdout: Lines<BufReader<ChildStdout>>,
-    pub stderr: Lines<BufReader<ChildStderr>>,
+    stdout: mpsc::UnboundedReceiver<String>,
+    stderr: mpsc::UnboundedReceiver<String>,
+}
+
+/// Forwards every line of a child's output to a channel until it closes.
+fn drain<R: AsyncRead + Unpin + Send + 'static>(pipe: R) -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 impl Proc {
@@ -269,13 +303,22 @@ impl Proc {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("spawn");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let stdout = drain(child.stdout.take().expect("stdout"));
+        let stderr = drain(child.stderr.take().expect("stderr"));
         Self {
             child,
             stdout,
             stderr,
         }
+    }
+
+    /// Every stderr line still to come, until the process closes it.
+    pub async fn err_rest(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(line) = within("stderr to close", self.stderr.recv()).await {
+            lines.push(line);
+        }
+        lines
     }
 
     /// Writes one line to the process's stdin.
@@ -294,18 +337,16 @@ impl Proc {
         drop(self.child.stdin.take());
     }
 
-    /// The next stdout line.
+    /// The next stdout line; `None` once stdout is closed.
     pub async fn out_line(&mut self) -> Option<String> {
-        within("a stdout line", self.stdout.next_line())
-            .await
-            .expect("read stdout")
+        within("a stdout line", self.stdout.recv()).await
     }
 
     /// Reads stderr until a line containing `needle`; returns that line.
     pub async fn err_until(&mut self, needle: &str) -> String {
         within(&format!("stderr line containing {needle:?}"), async {
             loop {
-                match self.stderr.next_line().await.expect("read stderr") {
+                match self.stderr.recv().await {
                     Some(line) if line.contains(needle) => return line,
                     Some(_) => {}
                     None => panic!("stderr ended before a line containing {needle:?}"),
@@ -353,4 +394,124 @@ pub async fn spawn_server(args: &[&str]) -> (Proc, String) {
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
+}
+
+/// A hand-made WebSocket connection on a raw TCP socket, for sending what a
+/// well-behaved client library would refuse to send.
+pub struct RawPeer {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A frame from the server as the raw peer reads it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawFrame {
+    Text(String),
+    Ping,
+    Close(u16, String),
+}
+
+impl RawPeer {
+    /// Sends an upgrade request with extra header lines; returns the HTTP status
+    /// and, for 101, the upgraded connection.
+    pub async fn upgrade(addr: SocketAddr, target: &str, headers: &[&str]) -> (u16, Option<Self>) {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let mut request = format!(
+            "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        );
+        for header in headers {
+            request.push_str(header);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let (status, buf) = read_response_head(&mut stream).await;
+        let peer = (status == 101).then_some(Self { stream, buf });
+        (status, peer)
+    }
+
+    /// Sends one masked frame with the given opcode (1 text, 2 binary, 8 close).
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | u8::try_from(n).expect("small")),
+            n if n <= 0xFFFF => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&u16::try_from(n).expect("fits").to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        within("raw write", self.stream.write_all(&frame))
+            .await
+            .expect("write frame");
+    }
+
+    /// Reads the next server frame; `None` at end of stream.
+    pub async fn frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = within("a raw frame", self.stream.read(&mut chunk))
+                .await
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads frames until a close frame; returns its code and reason.
+    pub async fn close_frame(&mut self) -> (u16, String) {
+        loop {
+            match self.frame().await {
+                Some(RawFrame::Close(code, reason)) => return (code, reason),
+                Some(_) => {}
+                None => panic!("stream ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// Parses one unmasked server frame from the front of `buf`.
+fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let opcode = buf[0] & 0x0F;
+    let (len, header) = match buf[1] & 0x7F {
+        126 => (
+            usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+            4,
+        ),
+        127 => (
+            usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?,
+            10,
+        ),
+        n => (usize::from(n), 2),
+    };
+    let payload = buf.get(header..header + len)?;
+    let frame = match opcode {
+        1 => RawFrame::Text(String::from_utf8_lossy(payload).into_owned()),
+        9 => RawFrame::Ping,
+        8 => {
+            let code = payload
+                .get(..2)
+                .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+            let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned();
+            RawFrame::Close(code, reason)
+        }
+        other => RawFrame::Text(format!("<opcode {other}>")),
+    };
+    Some((frame, header + len))
 }
