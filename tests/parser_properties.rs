@@ -5,8 +5,17 @@ use wschat::protocol::{
     ClientFrame, ErrorCode, Request, normalize_room, parse_json, parse_plain, validate_nick,
 };
 
+/// `n` cases, unless PROPTEST_CASES asks for a longer run.
+fn cases(n: u32) -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = n;
+    }
+    config
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(cases(2000))]
 
     #[test]
     fn plain_lines_never_panic(line in any::<String>()) {
