@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Runs the fan-out benchmark scenarios against wschat and the exercise
+# baseline, the server pinned to core 0 and the generator to core 1, each run
+# with a fresh server; prints every table and a summary of medians.
+#
+#   scripts/bench.sh                 all scenarios, 3 runs each
+#   RUNS=5 scripts/bench.sh c        one scenario, 5 runs
+#   TARGETS=wschat scripts/bench.sh a
+#
+# Scenarios (see benches/fanout.rs): a N=1000 S=10 find-max; b N=100 S=10
+# find-max; c N=1000 S=10 at 50 msg/s; d 5000 idle connections (IDLE=15000
+# for more); e N=100 S=100 find-max; f as a with one client that never reads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+TARGETS=${TARGETS:-"wschat exercise"}
+SCENARIOS=${*:-"a b c d e f"}
+DURATION=${DURATION:-3}
+PORT=${PORT:-2100}
+OUT=${OUT:-target/bench}
+mkdir -p "$OUT"
+
+cargo build --release --bins --examples --benches --quiet
+BENCH=$(ls -t target/release/deps/fanout-* | grep -v '\.d$' | head -1)
+
+start_server() {
+    case "$1" in
+        wschat) taskset -c 0 ./target/release/server --port "$PORT" --rate 0 2>/dev/null & ;;
+        exercise) taskset -c 0 ./target/release/examples/exercise_server "127.0.0.1:$PORT" 2>/dev/null & ;;
+    esac
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "error: $1 did not start" >&2
+    exit 1
+}
+
+for scenario in $SCENARIOS; do
+    for target in $TARGETS; do
+        for run in $(seq "$RUNS"); do
+            start_server "$target"
+            args=(--url "ws://127.0.0.1:$PORT" --scenario "$scenario" --pid "$SERVER_PID" --duration "$DURATION")
+            case "$scenario" in
+                a|f) args+=(--rate 200) ;;
+                b|e) args+=(--rate 2000) ;;
+                d) args+=(--clients "${IDLE:-5000}") ;;
+            esac
+            log="$OUT/$scenario-$target-$run.txt"
+            echo "== scenario $scenario, $target, run $run"
+            timeout 600 taskset -c 1 "$BENCH" "${args[@]}" | tee "$log" || true
+            kill "$SERVER_PID" 2>/dev/null || true
+            wait "$SERVER_PID" 2>/dev/null || true
+        done
+    done
+done
+
+echo
+echo "== medians over $RUNS runs (deliveries/s, p99 ms, server us/delivery; idle: KiB per connection)"
+for scenario in $SCENARIOS; do
+    for target in $TARGETS; do
+        python3 - "$OUT" "$scenario" "$target" "$RUNS" <<'PY'
+import statistics, sys
+out, scenario, target, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+rows = []
+for run in range(1, runs + 1):
+    lines = open(f"{out}/{scenario}-{target}-{run}.txt").read().splitlines()
+    if scenario == "d":
+        per = [l for l in lines if l.startswith("idle connections")]
+        if per:
+            rows.append((float(per[-1].split(": ")[-1].split()[0]), 0, 0))
+        continue
+    data = [l.split() for l in lines if l.strip() and l.split()[0].replace(".", "").isdigit()]
+    if not data:
+        continue
+    best = data[-1]
+    rows.append((float(best[5]), float(best[8]), float(best[11]) if best[11] != "-" else 0.0))
+if not rows:
+    print(f"{scenario} {target}: no result")
+elif scenario == "d":
+    print(f"{scenario} {target}: {statistics.median(r[0] for r in rows):.2f} KiB per idle connection")
+else:
+    print(f"{scenario} {target}: {statistics.median(r[0] for r in rows):,.0f} deliveries/s, "
+          f"p99 {statistics.median(r[1] for r in rows):.2f} ms, "
+          f"{statistics.median(r[2] for r in rows):.2f} us/delivery")
+PY
+    done
+done
