@@ -157,6 +157,9 @@ struct Session<S> {
     left: bool,
     /// Flood control (`None` with `--rate 0`).
     bucket: Option<TokenBucket>,
+    /// Events lost to lag outside the loop's own receive (the receiver
+    /// reports a lag only once), for the loop to act on.
+    lagged: Option<u64>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -196,6 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             last_heard: Instant::now(),
             left: false,
             bucket,
+            lagged: None,
         };
         session.reply(ServerFrame::Welcome {
             text: WELCOME.into(),
@@ -216,8 +220,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// connection's own copy right away, so it precedes any later reply.
     fn announce(&mut self, frame: ServerFrame) {
         self.room.publish_notice(self.id, frame);
-        // A lag here is reported again by the next `recv`.
-        let _ = self.drain_room();
+        if let Err(skipped) = self.drain_room() {
+            self.lagged = Some(skipped);
+        }
     }
 
     /// The session loop; returns how it ended (after closing the socket).
@@ -281,6 +286,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                     self.queue(Message::ping(&b""[..]));
                 }
+            }
+            if let Some(skipped) = self.lagged.take() {
+                return self.too_slow(skipped, shutdown).await;
             }
             if self.unflushed > self.shared.config.max_lag {
                 return self.too_slow(0, shutdown).await;
