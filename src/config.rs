@@ -61,6 +61,12 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout: u64,
 
+    /// Announce joins, leaves and renames only while a room has at most this
+    /// many members (a connect storm would otherwise send everyone a notice
+    /// per arrival); the connection concerned is always told.
+    #[arg(long, default_value_t = 200)]
+    pub announce_limit: usize,
+
     /// Messages allowed per connection per 10 seconds, on average (0: no limit).
     #[arg(long, default_value_t = 20)]
     pub rate: u32,

@@ -455,3 +455,32 @@ async fn replayed_own_messages_carry_their_cid() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn rooms_over_the_announce_limit_stay_quiet() {
+    let server = TestServer::with(|c| c.announce_limit = 2).await;
+    let url = server.url();
+    let mut a = Peer::plain(&url).await;
+    let b = Peer::plain(&url).await;
+    a.expect(&format!("* {} joined lobby", b.name())).await;
+
+    // A third member: only it hears of its arrival and its rename.
+    let mut c = Peer::plain(&url).await;
+    c.send("/nick cat").await;
+    c.expect(&format!("* {} is now known as cat", c.name()))
+        .await;
+    c.send("hello").await;
+    a.expect("cat: hello").await;
+    a.send("/who").await;
+    let who = a.text().await;
+    assert!(who.starts_with("* 3 in lobby: "), "{who}");
+
+    // The limit applies to the room as it is after the change: once cat has
+    // left, the room is back at the limit and the departure is announced.
+    c.close().await;
+    a.expect("* cat left lobby").await;
+    let b_name = b.name();
+    b.close().await;
+    a.expect(&format!("* {b_name} left lobby")).await;
+    server.stop().await;
+}

@@ -216,13 +216,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         session
     }
 
-    /// Publishes a notice about this connection to its room and queues this
-    /// connection's own copy right away, so it precedes any later reply.
+    /// Tells this connection's room about it and queues this connection's
+    /// own copy right away, so it precedes any later reply. In a room over
+    /// `--announce-limit` only this connection is told.
     fn announce(&mut self, frame: ServerFrame) {
-        self.room.publish_notice(self.id, frame);
-        if let Err(skipped) = self.drain_room() {
-            self.lagged = Some(skipped);
+        if self.notify(&self.room.clone(), frame.clone()) {
+            if let Err(skipped) = self.drain_room() {
+                self.lagged = Some(skipped);
+            }
+        } else {
+            self.reply(frame);
         }
+    }
+
+    /// Publishes a notice to `room` unless it is over `--announce-limit`;
+    /// returns whether it did.
+    fn notify(&self, room: &Room, frame: ServerFrame) -> bool {
+        let quiet = self.shared.hub.room_size(room.name()) > self.shared.config.announce_limit;
+        if !quiet {
+            room.publish_notice(self.id, frame);
+        }
+        !quiet
     }
 
     /// The session loop; returns how it ended (after closing the socket).
@@ -339,13 +353,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return;
         }
         self.shared.hub.unregister(self.id);
-        self.room.publish_notice(
-            self.id,
-            ServerFrame::Left {
-                room: self.room.name().to_string(),
-                nick: self.nick.to_string(),
-            },
-        );
+        let left = ServerFrame::Left {
+            room: self.room.name().to_string(),
+            nick: self.nick.to_string(),
+        };
+        self.notify(&self.room.clone(), left);
     }
 
     /// Queues a frame on the sink; it is written at the next flush.
@@ -533,14 +545,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let sub = target.subscribe(replay);
         self.live = sub.live;
         if !same {
-            self.room.publish_notice(
-                self.id,
-                ServerFrame::Left {
-                    room: self.room.name().to_string(),
-                    nick: self.nick.to_string(),
-                },
-            );
             self.shared.hub.set_room(self.id, target.name().clone());
+            let left = ServerFrame::Left {
+                room: self.room.name().to_string(),
+                nick: self.nick.to_string(),
+            };
+            self.notify(&self.room.clone(), left);
             self.room = target;
         }
         self.replay(&sub.backlog);

@@ -36,6 +36,23 @@ struct HubState {
     /// Lower-cased nick to connection.
     by_nick: HashMap<String, ConnId>,
     members: HashMap<ConnId, Member>,
+    /// Members per room, kept so a room's size costs no scan.
+    room_sizes: HashMap<Arc<str>, usize>,
+}
+
+impl HubState {
+    fn enter(&mut self, room: &Arc<str>) {
+        *self.room_sizes.entry(room.clone()).or_default() += 1;
+    }
+
+    fn exit(&mut self, room: &Arc<str>) {
+        if let Some(size) = self.room_sizes.get_mut(room) {
+            *size -= 1;
+            if *size == 0 {
+                self.room_sizes.remove(room);
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -43,6 +60,7 @@ impl Hub {
     pub fn register(&self, id: ConnId, member: Member) {
         let mut state = self.lock();
         state.by_nick.insert(member.nick.to_ascii_lowercase(), id);
+        state.enter(&member.room);
         state.members.insert(id, member);
     }
 
@@ -51,6 +69,7 @@ impl Hub {
         let mut state = self.lock();
         if let Some(member) = state.members.remove(&id) {
             state.by_nick.remove(&member.nick.to_ascii_lowercase());
+            state.exit(&member.room);
         }
     }
 
@@ -76,9 +95,18 @@ impl Hub {
 
     /// Records that connection `id` moved to `room`.
     pub fn set_room(&self, id: ConnId, room: Arc<str>) {
-        if let Some(member) = self.lock().members.get_mut(&id) {
-            member.room = room;
-        }
+        let mut state = self.lock();
+        let Some(member) = state.members.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut member.room, room.clone());
+        state.exit(&old);
+        state.enter(&room);
+    }
+
+    /// How many connections are in `room`.
+    pub fn room_size(&self, room: &str) -> usize {
+        self.lock().room_sizes.get(room).copied().unwrap_or(0)
     }
 
     /// The connection holding `nick` (any case), if any.
@@ -104,11 +132,12 @@ impl Hub {
     /// Every room with someone in it, by name.
     pub fn rooms(&self) -> Vec<RoomInfo> {
         let state = self.lock();
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for member in state.members.values() {
-            *counts.entry(&member.room).or_default() += 1;
-        }
-        counts
+        let sorted: BTreeMap<&str, usize> = state
+            .room_sizes
+            .iter()
+            .map(|(name, &size)| (&**name, size))
+            .collect();
+        sorted
             .into_iter()
             .map(|(name, members)| RoomInfo {
                 name: name.to_owned(),
