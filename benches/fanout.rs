@@ -33,12 +33,12 @@ struct Args {
     /// Server to drive.
     #[arg(long, default_value = "ws://127.0.0.1:2000")]
     url: String,
-    /// Connected clients (N).
-    #[arg(long, default_value_t = 100)]
-    clients: usize,
-    /// Clients that send (S), the first S of N.
-    #[arg(long, default_value_t = 10)]
-    senders: usize,
+    /// Connected clients (N) [default: 100, or the scenario's].
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Clients that send (S), the first S of N [default: 10, or the scenario's].
+    #[arg(long)]
+    senders: Option<usize>,
     /// Messages per second, all senders together (R).
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -67,7 +67,7 @@ struct Args {
     /// Only connect the clients and report the server's RSS per idle connection.
     #[arg(long)]
     idle: bool,
-    /// A named scenario (a-f) that sets the figures above.
+    /// A named scenario (a-f) that sets the figures above (flags given explicitly win).
     #[arg(long)]
     scenario: Option<char>,
     /// Passed by `cargo bench`; ignored.
@@ -76,6 +76,14 @@ struct Args {
 }
 
 impl Args {
+    fn clients(&self) -> usize {
+        self.clients.unwrap_or(100)
+    }
+
+    fn senders(&self) -> usize {
+        self.senders.unwrap_or(10).min(self.clients())
+    }
+
     fn apply_scenario(&mut self) {
         let Some(name) = self.scenario else { return };
         let (clients, senders) = match name {
@@ -88,8 +96,8 @@ impl Args {
                 std::process::exit(2);
             }
         };
-        self.clients = clients;
-        self.senders = senders;
+        self.clients = self.clients.or(Some(clients));
+        self.senders = self.senders.or(Some(senders));
         match name {
             'c' => {
                 self.rate = 50.0;
@@ -430,7 +438,7 @@ impl Bench {
             self.sinks.push(sink);
             sent += count;
         }
-        let receivers = args.clients as u64;
+        let receivers = args.clients() as u64;
         let per_message = if args.json || args.echo {
             receivers
         } else {
@@ -471,11 +479,11 @@ async fn idle(args: &Args) {
         std::process::exit(2);
     };
     let before = rss_mib(pid).unwrap_or(0.0);
-    let sockets = connect_all(&args.url, args.json, args.clients).await;
+    let sockets = connect_all(&args.url, args.json, args.clients()).await;
     // Let the server finish greeting everyone before reading its RSS.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_mib(pid).unwrap_or(0.0);
-    let per = (after - before) * 1024.0 / args.clients as f64;
+    let per = (after - before) * 1024.0 / args.clients() as f64;
     println!(
         "idle connections: {}  server RSS before {before:.1} MiB, after {after:.1} MiB: {per:.2} KiB per connection",
         sockets.len()
@@ -509,13 +517,13 @@ fn main() {
             dropped: 0,
             latency: Histogram::new(),
         }));
-        let sockets = connect_all(&args.url, args.json, args.clients).await;
+        let sockets = connect_all(&args.url, args.json, args.clients()).await;
         let stalled = connect_all(&args.url, args.json, args.stalled).await;
         let mut sinks = Vec::new();
         for (index, socket) in sockets.into_iter().enumerate() {
             let (sink, stream) = socket.split();
             tokio::task::spawn_local(receive(stream, stats.clone(), start));
-            if index < args.senders {
+            if index < args.senders() {
                 sinks.push(sink);
             } else {
                 // Keep the write half alive so the connection stays open.
@@ -524,8 +532,8 @@ fn main() {
         }
         println!(
             "{} clients ({} sending{}), {} s per step, ~{} byte messages, {} mode",
-            args.clients,
-            args.senders,
+            args.clients(),
+            args.senders(),
             if args.stalled > 0 {
                 format!(", {} never reading", args.stalled)
             } else {

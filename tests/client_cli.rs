@@ -197,3 +197,31 @@ async fn bad_room_flag_is_a_usage_error() {
     assert!(line.starts_with("error: invalid room name"), "{line}");
     assert_eq!(client.exit_code().await, 2);
 }
+
+#[tokio::test]
+async fn piped_client_paces_itself_to_the_server_rate() {
+    // Three at once, then two per second: twelve lines need pacing.
+    let server = TestServer::with(|c| {
+        c.rate = 20;
+        c.rate_burst = 3;
+    })
+    .await;
+    let url = server.url();
+    let mut observer = Peer::plain(&url).await;
+    let mut client = Proc::spawn(CLIENT, &[&url, "--nick", "pace"], &[]);
+    for n in 0..12 {
+        client.type_line(&format!("line {n}")).await;
+    }
+    client.close_stdin();
+    let mut next = 0;
+    while next < 12 {
+        let line = observer.text().await;
+        assert!(!line.starts_with('!'), "{line}");
+        if let Some(n) = line.strip_prefix("pace: line ") {
+            assert_eq!(n, next.to_string(), "in order, none missing");
+            next += 1;
+        }
+    }
+    assert_eq!(client.exit_code().await, 0);
+    server.stop().await;
+}

@@ -323,10 +323,15 @@ impl<'o> Client<'o> {
                                     return end;
                                 }
                             } else if payload == EOF && !syncing {
-                                // Everything sent before the ping has been processed.
-                                self.unacked.clear();
-                                let _ = timeout(Duration::from_secs(2), ws.close()).await;
-                                return SessionEnd::Finished;
+                                if self.outbox.is_empty() {
+                                    // Everything sent before the ping has been processed.
+                                    self.unacked.clear();
+                                    let _ = timeout(Duration::from_secs(2), ws.close()).await;
+                                    return SessionEnd::Finished;
+                                }
+                                // Something was refused for its rate and queued
+                                // again: ask once more after it has gone out.
+                                self.eof_sent = false;
                             }
                         } else if let Some((code, reason)) = message.as_close() {
                             lost_reason = Some(describe_close(code, reason));
@@ -337,7 +342,7 @@ impl<'o> Client<'o> {
                             }
                         }
                     }
-                    Some(Err(err)) => return SessionEnd::Lost(Some(format!("connection error: {}", describe_ws_error(&err)))),
+                    Some(Err(err)) => return lost(&err),
                     None => return SessionEnd::Lost(lost_reason),
                 },
                 line = self.input.recv(), if room_for_input => match line {
@@ -384,12 +389,7 @@ impl<'o> Client<'o> {
     async fn greeting(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
         let first = match timeout(CONNECT_TIMEOUT, ws.next()).await {
             Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(err))) => {
-                return Err(SessionEnd::Lost(Some(format!(
-                    "connection error: {}",
-                    describe_ws_error(&err)
-                ))));
-            }
+            Ok(Some(Err(err))) => return Err(lost(&err)),
             Ok(None) => return Err(SessionEnd::Lost(None)),
             Err(_) => return Err(SessionEnd::Lost(Some("no welcome from the server".into()))),
         };
@@ -660,12 +660,15 @@ fn json(frame: &ClientFrame) -> Message {
 }
 
 async fn send_raw(ws: &mut Socket, message: Message) -> Result<(), SessionEnd> {
-    ws.send(message).await.map_err(|err| {
-        SessionEnd::Lost(Some(format!(
-            "connection error: {}",
-            describe_ws_error(&err)
-        )))
-    })
+    ws.send(message).await.map_err(|err| lost(&err))
+}
+
+/// A connection that failed with `err`.
+fn lost(err: &tokio_websockets::Error) -> SessionEnd {
+    SessionEnd::Lost(Some(format!(
+        "connection error: {}",
+        describe_ws_error(err)
+    )))
 }
 
 /// The wait before reconnection attempt `attempt` (0-based): 1 s doubling to
