@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Peer, TestServer};
+use common::{Peer, TestServer, plain_peers};
 use wschat::protocol::{ErrorCode, RoomInfo, ServerFrame, WELCOME};
 
 /// A JSON peer past its welcome and own join; returns it and its initial name.
@@ -39,9 +39,7 @@ fn message_text(frame: &ServerFrame) -> (String, String, u64) {
 async fn nick_rename_is_announced_and_unique_case_insensitively() {
     let server = TestServer::start().await;
     let url = server.url();
-    let mut a = Peer::plain(&url).await;
-    let mut b = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
+    let [mut a, mut b] = plain_peers(&url).await;
 
     a.send("/nick Alice").await;
     let renamed = format!("* {} is now known as Alice", a.name());
@@ -88,12 +86,7 @@ async fn nick_is_freed_when_its_connection_ends() {
 async fn rooms_are_isolated_and_join_leave_is_announced() {
     let server = TestServer::start().await;
     let url = server.url();
-    let mut a = Peer::plain(&url).await;
-    let mut b = Peer::plain(&url).await;
-    let mut c = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
-    a.expect(&format!("* {} joined lobby", c.name())).await;
-    b.expect(&format!("* {} joined lobby", c.name())).await;
+    let [mut a, mut b, mut c] = plain_peers(&url).await;
 
     a.send("/join Rust").await;
     a.expect(&format!("* {} joined rust", a.name())).await;
@@ -127,12 +120,7 @@ async fn rooms_are_isolated_and_join_leave_is_announced() {
 async fn private_messages_reach_the_recipient_only() {
     let server = TestServer::start().await;
     let url = server.url();
-    let mut a = Peer::plain(&url).await;
-    let mut b = Peer::plain(&url).await;
-    let mut c = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
-    a.expect(&format!("* {} joined lobby", c.name())).await;
-    b.expect(&format!("* {} joined lobby", c.name())).await;
+    let [mut a, mut b, mut c] = plain_peers(&url).await;
     b.send("/nick bob").await;
     let renamed = format!("* {} is now known as bob", b.name());
     for peer in [&mut a, &mut b, &mut c] {
@@ -200,9 +188,7 @@ async fn private_messages_in_json_mode_are_acknowledged() {
 async fn who_rooms_and_help() {
     let server = TestServer::start().await;
     let url = server.url();
-    let mut a = Peer::plain(&url).await;
-    let mut b = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
+    let [mut a, mut b] = plain_peers(&url).await;
     a.send("/nick amy").await;
     a.expect(&format!("* {} is now known as amy", a.name()))
         .await;
@@ -460,9 +446,7 @@ async fn replayed_own_messages_carry_their_cid() {
 async fn rooms_over_the_announce_limit_stay_quiet() {
     let server = TestServer::with(|c| c.announce_limit = 2).await;
     let url = server.url();
-    let mut a = Peer::plain(&url).await;
-    let b = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
+    let [mut a, b] = plain_peers(&url).await;
 
     // A third member: only it hears of its arrival and its rename.
     let mut c = Peer::plain(&url).await;

@@ -1,6 +1,9 @@
 //! The handshake path: any bytes get a decision, never a panic, and the
 //! decisions that matter hold under arbitrary extra headers.
 
+mod common;
+
+use common::cases;
 use proptest::prelude::*;
 use wschat::server::handshake::{Decision, Policy, decide};
 
@@ -19,15 +22,6 @@ fn locked() -> Policy {
         token: Some("secret".into()),
         allowed_origins: vec!["https://ok.example".into()],
     }
-}
-
-/// `n` cases, unless PROPTEST_CASES asks for a longer run.
-fn cases(n: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = n;
-    }
-    config
 }
 
 proptest! {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Peer, RawFrame, RawPeer, TestServer, http_request, within};
+use common::{Peer, RawFrame, RawPeer, TestServer, http_request, plain_peers, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_websockets::Message;
@@ -12,9 +12,7 @@ use wschat::protocol::WELCOME;
 async fn too_long_message_is_refused_and_the_connection_kept() {
     let server = TestServer::start().await;
     let url = server.url();
-    let mut a = Peer::plain(&url).await;
-    let mut b = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
+    let [mut a, mut b] = plain_peers(&url).await;
     a.send(&"x".repeat(4097)).await;
     a.expect("! message too long: 4097 bytes, the limit is 4096")
         .await;
@@ -60,9 +58,7 @@ async fn flood_control_refuses_beyond_the_burst_and_can_be_disabled() {
     })
     .await;
     let url = server.url();
-    let mut a = Peer::plain(&url).await;
-    let mut b = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
+    let [mut a, mut b] = plain_peers(&url).await;
     for n in 0..4 {
         a.send(&format!("m{n}")).await;
     }

@@ -1,18 +1,12 @@
 //! Any input to the command and JSON parsers yields a request or a clean error.
 
+mod common;
+
+use common::cases;
 use proptest::prelude::*;
 use wschat::protocol::{
     ClientFrame, ErrorCode, Request, normalize_room, parse_json, parse_plain, validate_nick,
 };
-
-/// `n` cases, unless PROPTEST_CASES asks for a longer run.
-fn cases(n: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = n;
-    }
-    config
-}
 
 proptest! {
     #![proptest_config(cases(2000))]

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Peer, TestServer, within};
+use common::{Peer, TestServer, plain_peers, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_websockets::Message;
@@ -32,9 +32,7 @@ async fn ws_path_works_too() {
 async fn messages_reach_every_other_peer_as_ip_port_text() {
     let server = TestServer::start().await;
     let url = server.url();
-    let mut a = Peer::plain(&url).await;
-    let mut b = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
+    let [mut a, mut b] = plain_peers(&url).await;
     let mut c = Peer::plain(&url).await;
     a.expect(&format!("* {} joined lobby", c.name())).await;
     b.expect(&format!("* {} joined lobby", c.name())).await;
@@ -54,9 +52,7 @@ async fn messages_reach_every_other_peer_as_ip_port_text() {
 async fn left_notices_for_clean_close_and_abrupt_reset() {
     let server = TestServer::start().await;
     let url = server.url();
-    let mut a = Peer::plain(&url).await;
-    let b = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
+    let [mut a, b] = plain_peers(&url).await;
     let c = Peer::plain(&url).await;
     a.expect(&format!("* {} joined lobby", c.name())).await;
 
@@ -81,9 +77,7 @@ async fn left_notices_for_clean_close_and_abrupt_reset() {
 async fn binary_frame_gets_an_error_and_the_connection_stays() {
     let server = TestServer::start().await;
     let url = server.url();
-    let mut a = Peer::plain(&url).await;
-    let mut b = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
+    let [mut a, mut b] = plain_peers(&url).await;
 
     a.send_message(Message::binary(&b"\x00\x01"[..])).await;
     a.expect("! binary frames are not supported: send text")

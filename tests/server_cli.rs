@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Peer, Proc, spawn_server};
+use common::{Peer, Proc, plain_peers, spawn_server};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 
@@ -32,9 +32,7 @@ async fn ctrl_c_exits_zero() {
 #[tokio::test]
 async fn logs_connections_but_not_message_text() {
     let (mut server, url) = spawn_server(&[]).await;
-    let mut a = Peer::plain(&url).await;
-    let b = Peer::plain(&url).await;
-    a.expect(&format!("* {} joined lobby", b.name())).await;
+    let [mut a, b] = plain_peers(&url).await;
     a.send("a private thought").await;
     let b_name = b.name();
     b.reset();

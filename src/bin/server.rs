@@ -32,8 +32,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let shutdown = server::shutdown_signal()?;
         let listener = server::bind(&config.host, config.port).await?;
-        server::run(listener, config, server::shutdown_signal()).await
+        server::run(listener, config, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

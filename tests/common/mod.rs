@@ -124,12 +124,23 @@ impl Peer {
     }
 
     /// A plain-mode peer, past its welcome line and its own join notice.
+    ///
+    /// Notices about others may come before its own: a peer whose end the
+    /// server notices while this one is joining leaves in between.
     pub async fn plain(url: &str) -> Self {
         let mut peer = Self::connect(url, false).await;
         peer.expect(WELCOME).await;
-        let me = peer.addr;
-        peer.expect(&format!("* {me} joined lobby")).await;
-        peer
+        let own = format!("* {} joined lobby", peer.addr);
+        loop {
+            let line = peer.text().await;
+            if line == own {
+                return peer;
+            }
+            assert!(
+                line.starts_with("* ") && line.ends_with(" left lobby"),
+                "expected {own:?}, got {line:?}"
+            );
+        }
     }
 
     /// A plain-mode peer straight after the handshake (nothing read yet).
@@ -514,4 +525,31 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
         other => RawFrame::Text(format!("<opcode {other}>")),
     };
     Some((frame, header + len))
+}
+
+/// `N` plain-mode peers in the lobby, each past the join notices of the ones
+/// that came after it, so all of them start from the same point.
+pub async fn plain_peers<const N: usize>(url: &str) -> [Peer; N] {
+    let mut peers: Vec<Peer> = Vec::with_capacity(N);
+    for _ in 0..N {
+        let newcomer = Peer::plain(url).await;
+        let joined = format!("* {} joined lobby", newcomer.name());
+        for peer in &mut peers {
+            peer.expect(&joined).await;
+        }
+        peers.push(newcomer);
+    }
+    match peers.try_into() {
+        Ok(peers) => peers,
+        Err(_) => unreachable!("exactly N peers"),
+    }
+}
+
+/// Property-test settings: `n` cases, unless PROPTEST_CASES asks for a longer run.
+pub fn cases(n: u32) -> proptest::test_runner::Config {
+    let mut config = proptest::test_runner::Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = n;
+    }
+    config
 }
