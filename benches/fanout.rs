@@ -350,6 +350,8 @@ type Sink = SplitSink<Socket, Message>;
 #[derive(Clone, Copy)]
 struct Load {
     step: u8,
+    /// How many senders share the rate (their phases are spread evenly).
+    senders: usize,
     /// Messages per second for this sender.
     rate: f64,
     duration: Duration,
@@ -363,6 +365,7 @@ struct Load {
 async fn send(mut sink: Sink, sender: usize, load: Load) -> (Sink, u64) {
     let Load {
         step,
+        senders,
         rate,
         duration,
         size,
@@ -370,7 +373,10 @@ async fn send(mut sink: Sink, sender: usize, load: Load) -> (Sink, u64) {
         start,
     } = load;
     let period = Duration::from_secs_f64(1.0 / rate);
-    let mut ticks = tokio::time::interval(period);
+    // Spread the senders' phases over one period, so the total rate arrives
+    // evenly rather than as S messages at once every period.
+    let phase = period.mul_f64(sender as f64 / senders.max(1) as f64);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let end = Instant::now() + duration;
     let pad = "x".repeat(size.saturating_sub(29));
@@ -419,6 +425,7 @@ impl Bench {
         let began = Instant::now();
         let load = Load {
             step,
+            senders: self.sinks.len(),
             rate: rate / self.sinks.len().max(1) as f64,
             duration,
             size: args.size,
