@@ -13,23 +13,9 @@ pub enum Error {
         /// Why it failed, in words.
         reason: String,
     },
-    /// A client could not reach the server.
-    #[error("cannot connect to {url}: {reason}")]
-    Connect {
-        /// Where it tried.
-        url: String,
-        /// Why it failed, in words.
-        reason: String,
-    },
     /// A certificate or key that cannot be used.
     #[error("{0}")]
     Tls(String),
-    /// A URL or other argument that cannot be used.
-    #[error("{0}")]
-    Usage(String),
-    /// A WebSocket protocol failure.
-    #[error("websocket: {0}")]
-    WebSocket(#[from] tokio_websockets::Error),
     /// An I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),

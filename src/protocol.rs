@@ -249,6 +249,14 @@ impl ServerFrame {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// The frame as a connection in `mode` receives it.
+    pub fn render(&self, mode: Mode) -> String {
+        match mode {
+            Mode::Plain => self.to_plain(),
+            Mode::Json => self.to_json(),
+        }
+    }
+
     /// An error frame from a rejection.
     pub fn error(rejection: Rejection, cid: Option<String>) -> Self {
         ServerFrame::Error {

@@ -37,8 +37,8 @@ impl Delivery {
     fn new(origin: ConnId, frame: ServerFrame, cid: Option<String>) -> Self {
         Self {
             origin,
-            plain: Payload::from(frame.to_plain()),
-            json: Payload::from(frame.to_json()),
+            plain: Payload::from(frame.render(Mode::Plain)),
+            json: Payload::from(frame.render(Mode::Json)),
             frame,
             cid,
         }

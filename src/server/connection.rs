@@ -71,7 +71,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let Some(slot) = slot else {
         info!("Refused {peer}: connection limit reached (HTTP 503)");
-        let response = handshake::text_response(503, "Service Unavailable", "server is full\n");
+        let response = handshake::text_response(503, "Service Unavailable", "", "server is full\n");
         let _ = timeout(within, handshake::send(&mut stream, &response)).await;
         return;
     };
@@ -220,23 +220,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// own copy right away, so it precedes any later reply. In a room over
     /// `--announce-limit` only this connection is told.
     fn announce(&mut self, frame: ServerFrame) {
-        if self.notify(&self.room.clone(), frame.clone()) {
-            if let Err(skipped) = self.drain_room() {
-                self.lagged = Some(skipped);
-            }
-        } else {
-            self.reply(frame);
+        if self.quiet(&self.room) {
+            return self.reply(frame);
+        }
+        self.room.publish_notice(self.id, frame);
+        if let Err(skipped) = self.drain_room() {
+            self.lagged = Some(skipped);
         }
     }
 
-    /// Publishes a notice to `room` unless it is over `--announce-limit`;
-    /// returns whether it did.
-    fn notify(&self, room: &Room, frame: ServerFrame) -> bool {
-        let quiet = self.shared.hub.room_size(room.name()) > self.shared.config.announce_limit;
-        if !quiet {
-            room.publish_notice(self.id, frame);
+    /// Tells this connection's current room that it left (unless the room is quiet).
+    fn tell_left(&self) {
+        if !self.quiet(&self.room) {
+            let left = ServerFrame::Left {
+                room: self.room.name().to_string(),
+                nick: self.nick.to_string(),
+            };
+            self.room.publish_notice(self.id, left);
         }
-        !quiet
+    }
+
+    /// Whether `room` is over `--announce-limit`, so arrivals and departures
+    /// are no longer announced to everyone in it.
+    fn quiet(&self, room: &Room) -> bool {
+        self.shared.hub.room_size(room.name()) > self.shared.config.announce_limit
     }
 
     /// The session loop; returns how it ended (after closing the socket).
@@ -353,11 +360,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return;
         }
         self.shared.hub.unregister(self.id);
-        let left = ServerFrame::Left {
-            room: self.room.name().to_string(),
-            nick: self.nick.to_string(),
-        };
-        self.notify(&self.room.clone(), left);
+        self.tell_left();
     }
 
     /// Queues a frame on the sink; it is written at the next flush.
@@ -369,11 +372,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Queues a frame meant for this connection only.
     fn reply(&mut self, frame: ServerFrame) {
-        let text = match self.mode {
-            Mode::Plain => frame.to_plain(),
-            Mode::Json => frame.to_json(),
-        };
-        self.queue(Message::text(text));
+        self.queue(Message::text(frame.render(self.mode)));
     }
 
     fn reject(&mut self, rejection: Rejection, cid: Option<String>) {
@@ -546,11 +545,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.live = sub.live;
         if !same {
             self.shared.hub.set_room(self.id, target.name().clone());
-            let left = ServerFrame::Left {
-                room: self.room.name().to_string(),
-                nick: self.nick.to_string(),
-            };
-            self.notify(&self.room.clone(), left);
+            self.tell_left();
             self.room = target;
         }
         self.replay(&sub.backlog);
@@ -577,11 +572,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ts: now_ms(),
             cid: None,
         };
-        let rendered = match target.mode {
-            Mode::Plain => frame.to_plain(),
-            Mode::Json => frame.to_json(),
-        };
-        if target.direct.try_send(Message::text(rendered)).is_err() {
+        if target
+            .direct
+            .try_send(Message::text(frame.render(target.mode)))
+            .is_err()
+        {
             let rejection = Rejection::new(
                 ErrorCode::Internal,
                 format!("{} cannot receive messages right now", target.nick),

@@ -160,9 +160,10 @@ pub async fn send<S: AsyncWrite + Unpin>(io: &mut S, response: &[u8]) -> std::io
 }
 
 /// A complete HTTP/1.1 response with a text body, closing the connection.
-pub fn text_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
+/// `headers` are extra header lines, each ending in `\r\n`.
+pub fn text_response(status: u16, reason: &str, headers: &str, body: &str) -> Vec<u8> {
     format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\n{headers}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -171,7 +172,7 @@ pub fn text_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
 fn respond(status: u16, reason: &str, body: &str) -> Decision {
     Decision::Respond {
         status,
-        response: text_response(status, reason, body),
+        response: text_response(status, reason, "", body),
     }
 }
 
@@ -226,17 +227,14 @@ pub fn decide(head: &[u8], policy: &Policy) -> Decision {
         }
     }
     if !policy.authorized(header("authorization"), target) {
-        let body = "a token is required: send Authorization: Bearer TOKEN or ?token=TOKEN\n";
-        let mut response = text_response(401, "Unauthorized", body);
-        // Insert the challenge header after the status line.
-        let at = response
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        response.splice(at..at, *b"WWW-Authenticate: Bearer realm=\"wschat\"\r\n");
         return Decision::Respond {
             status: 401,
-            response,
+            response: text_response(
+                401,
+                "Unauthorized",
+                "WWW-Authenticate: Bearer realm=\"wschat\"\r\n",
+                "a token is required: send Authorization: Bearer TOKEN or ?token=TOKEN\n",
+            ),
         };
     }
     let connection_upgrade = header("connection").is_some_and(|v| {
