@@ -4,28 +4,27 @@
 //!     cargo bench --bench fanout -- --url ws://127.0.0.1:2000 --clients 1000 --senders 10 --rate 50 --duration 10 --pid PID
 //!     cargo bench --bench fanout -- --scenario a --pid PID        (named scenarios: a-f)
 //!
-//! N clients connect (in bounded batches); S of them send text messages
-//! open-loop at a total rate R for D seconds. Every message carries a token
+//! N clients connect (one at a time); S of them send text messages open-loop
+//! at a total rate R for D seconds. Every message carries a token
 //! `~W<step><sender><seq><micros>` that receivers find by substring in
 //! whatever frame arrives, so the generator works against plain mode, JSON
-//! mode and other servers alike. It runs on one thread (pin it to its own
-//! core with taskset) and reports its own CPU next to every figure.
+//! mode and other servers alike.
+//!
+//! The generator must not be the bottleneck, so it is one thread running one
+//! event loop (mio, edge-triggered) over every socket: a ready socket is read
+//! with one large `read` into a shared scratch buffer, whole frames are parsed
+//! in place and searched for tokens without allocating, and a short read
+//! counts as drained. Pin it to its own core with taskset; it reports its own
+//! CPU next to every figure. Only loopback servers are accepted.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use http::HeaderValue;
-use http::header::SEC_WEBSOCKET_PROTOCOL;
 use memchr::memmem;
-use tokio::net::TcpStream;
-use tokio::task::LocalSet;
-use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "fanout", about = "WebSocket broadcast load generator")]
@@ -67,6 +66,12 @@ struct Args {
     /// Only connect the clients and report the server's RSS per idle connection.
     #[arg(long)]
     idle: bool,
+    /// Read the sockets in rounds this many microseconds apart instead of as
+    /// soon as data arrives (0): more frames per read, for the throughput
+    /// scenarios, at the cost of up to this much added latency
+    /// [default: 0, or 1000 with --find-max].
+    #[arg(long)]
+    read_every: Option<u64>,
     /// A named scenario (a-f) that sets the figures above (flags given explicitly win).
     #[arg(long)]
     scenario: Option<char>,
@@ -78,6 +83,11 @@ struct Args {
 impl Args {
     fn clients(&self) -> usize {
         self.clients.unwrap_or(100)
+    }
+
+    fn read_every(&self) -> Duration {
+        let default = if self.find_max { 1000 } else { 0 };
+        Duration::from_micros(self.read_every.unwrap_or(default))
     }
 
     fn senders(&self) -> usize {
@@ -165,6 +175,9 @@ struct Stats {
     received: u64,
     dropped: u64,
     latency: Histogram,
+    /// Socket reads and frames received in this step.
+    reads: u64,
+    frames: u64,
 }
 
 /// One measurement.
@@ -182,6 +195,8 @@ struct Report {
     server_cpu_us: Option<f64>,
     server_rss_mib: Option<f64>,
     generator_cpu: f64,
+    /// Frames the generator got per socket read (higher is cheaper for it).
+    frames_per_read: f64,
 }
 
 impl Report {
@@ -201,7 +216,7 @@ impl Report {
 
     fn print_header() {
         println!(
-            "{:>9} {:>8} {:>10} {:>10} {:>7} {:>11} {:>7} {:>7} {:>7} {:>7} {:>5} {:>9} {:>7} {:>6}",
+            "{:>9} {:>8} {:>10} {:>10} {:>7} {:>11} {:>7} {:>7} {:>7} {:>7} {:>5} {:>9} {:>7} {:>6} {:>6}",
             "msg/s",
             "sent",
             "expected",
@@ -215,7 +230,8 @@ impl Report {
             "drop",
             "srv us/d",
             "srvMiB",
-            "gen%"
+            "gen%",
+            "f/read"
         );
     }
 
@@ -230,7 +246,7 @@ impl Report {
             .map(|m| format!("{m:.1}"))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:>9.0} {:>8} {:>10} {:>10} {:>7} {:>11.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5} {:>9} {:>7} {:>6.0}",
+            "{:>9.0} {:>8} {:>10} {:>10} {:>7} {:>11.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5} {:>9} {:>7} {:>6.0} {:>6.1}",
             self.rate,
             self.sent,
             self.expected,
@@ -245,6 +261,7 @@ impl Report {
             per_delivery,
             rss,
             self.generator_cpu * 100.0,
+            self.frames_per_read,
         );
         if self.generator_bound() {
             println!("          ^ generator-bound: the load generator saturated its core");
@@ -274,68 +291,149 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-async fn connect(url: &str, json: bool) -> Result<Socket, String> {
-    let mut builder = ClientBuilder::new().uri(url).map_err(|e| e.to_string())?;
-    if json {
-        builder = builder
-            .add_header(
-                SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static("wschat.v1"),
-            )
-            .map_err(|e| e.to_string())?;
-    }
-    let (ws, _) = builder.connect().await.map_err(|e| e.to_string())?;
-    Ok(ws)
+/// Where the server listens, from a `ws://` URL on the loopback interface.
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    path: String,
 }
 
-/// Connects `count` clients, at most `batch` at a time.
-async fn connect_all(url: &str, json: bool, count: usize) -> Vec<Socket> {
-    const BATCH: usize = 200;
-    let mut sockets = Vec::with_capacity(count);
-    while sockets.len() < count {
-        let n = BATCH.min(count - sockets.len());
-        let batch = futures_util::future::join_all((0..n).map(|_| connect(url, json))).await;
-        for socket in batch {
-            match socket {
-                Ok(socket) => sockets.push(socket),
-                Err(err) => {
-                    eprintln!("error: cannot connect to {url}: {err}");
-                    std::process::exit(1);
-                }
-            }
+impl Target {
+    fn parse(url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
+        if uri.scheme_str() != Some("ws") {
+            return Err(format!("{url}: only ws:// URLs are supported"));
         }
+        let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let addr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("{url}: {e}"))?
+            .find(|a| a.ip().is_loopback())
+            .ok_or_else(|| format!("{url}: benchmarks only target the loopback interface"))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        Ok(Self {
+            addr,
+            host: format!("{host}:{port}"),
+            path,
+        })
     }
-    sockets
 }
 
-/// Reads one client's frames forever, counting tokens of the current step.
-async fn receive(mut stream: SplitStream<Socket>, stats: Rc<RefCell<Stats>>, start: Instant) {
-    let finder = memmem::Finder::new(b"~W");
+/// Opens one WebSocket connection (blocking); returns the socket and any
+/// bytes that arrived after the 101 response.
+fn handshake(target: &Target, json: bool) -> io::Result<(StdTcpStream, Vec<u8>)> {
+    let mut socket = StdTcpStream::connect_timeout(&target.addr, Duration::from_secs(10))?;
+    socket.set_nodelay(true)?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let protocol = if json {
+        "Sec-WebSocket-Protocol: wschat.v1\r\n"
+    } else {
+        ""
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n",
+        target.path, target.host
+    );
+    socket.write_all(request.as_bytes())?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        let n = socket.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::other("closed during the handshake"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = memmem::find(&buf, b"\r\n\r\n") {
+            break at + 4;
+        }
+        if buf.len() > 16 * 1024 {
+            return Err(io::Error::other("response head too long"));
+        }
+    };
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+        return Err(io::Error::other(format!(
+            "refused: {}",
+            String::from_utf8_lossy(line)
+        )));
+    }
+    socket.set_read_timeout(None)?;
+    socket.set_nonblocking(true)?;
+    Ok((socket, buf.split_off(end)))
+}
+
+/// Connects `count` clients one after another, or exits with one line.
+fn connect_all(target: &Target, json: bool, count: usize) -> Vec<(StdTcpStream, Vec<u8>)> {
+    (0..count)
+        .map(|_| {
+            handshake(target, json).unwrap_or_else(|err| {
+                eprintln!("error: cannot connect to {}: {err}", target.addr);
+                std::process::exit(1);
+            })
+        })
+        .collect()
+}
+
+/// One connected client.
+struct Client {
+    stream: TcpStream,
+    /// The start of a frame not yet complete.
+    partial: Vec<u8>,
+    /// Bytes of our own frames the socket did not take yet.
+    outbox: Vec<u8>,
+    open: bool,
+}
+
+/// Calls `each(opcode, payload)` for every whole frame at the front of
+/// `data`; returns how many bytes they took.
+fn parse_frames(data: &[u8], mut each: impl FnMut(u8, &[u8])) -> usize {
+    let mut at = 0;
     loop {
-        match stream.next().await {
-            Some(Ok(message)) => {
-                let payload: &[u8] = message.as_payload();
-                let now = start.elapsed().as_micros() as u64;
-                let mut stats = stats.borrow_mut();
-                for at in finder.find_iter(payload) {
-                    let Some(token) = payload.get(at + 2..at + 2 + 27) else {
-                        continue;
-                    };
-                    let step = digits(&token[0..2]);
-                    if step != u64::from(stats.step) {
-                        continue;
-                    }
-                    let sent = digits(&token[15..27]);
-                    stats.received += 1;
-                    stats.latency.record(now.saturating_sub(sent));
-                }
+        let rest = &data[at..];
+        if rest.len() < 2 {
+            return at;
+        }
+        let (len, mut head) = match rest[1] & 0x7f {
+            126 if rest.len() >= 4 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+            127 if rest.len() >= 10 => {
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&rest[2..10]);
+                (u64::from_be_bytes(len) as usize, 10)
             }
-            Some(Err(_)) | None => {
-                stats.borrow_mut().dropped += 1;
-                return;
-            }
+            126 | 127 => return at,
+            len => (usize::from(len), 2),
+        };
+        if rest[1] & 0x80 != 0 {
+            head += 4;
+        }
+        let Some(payload) = rest.get(head..head + len) else {
+            return at;
+        };
+        each(rest[0] & 0x0f, payload);
+        at += head + len;
+    }
+}
+
+/// A masked client frame (clients must mask what they send).
+fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 14);
+    frame.push(0x80 | opcode);
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
         }
     }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    frame
 }
 
 fn digits(bytes: &[u8]) -> u64 {
@@ -344,109 +442,298 @@ fn digits(bytes: &[u8]) -> u64 {
         .fold(0, |n, b| n * 10 + u64::from(b.wrapping_sub(b'0') % 10))
 }
 
-type Sink = SplitSink<Socket, Message>;
-
-/// What one sender does in one step.
-#[derive(Clone, Copy)]
-struct Load {
-    step: u8,
-    /// How many senders share the rate (their phases are spread evenly).
-    senders: usize,
-    /// Messages per second for this sender.
-    rate: f64,
-    duration: Duration,
-    size: usize,
-    json: bool,
-    /// The clock the tokens' send times are read from.
-    start: Instant,
+/// Counts the tokens of the current step in one frame's payload.
+fn count_tokens(finder: &memmem::Finder<'_>, payload: &[u8], now: u64, stats: &mut Stats) {
+    for at in finder.find_iter(payload) {
+        let Some(token) = payload.get(at + 2..at + 2 + 27) else {
+            continue;
+        };
+        if digits(&token[0..2]) != u64::from(stats.step) {
+            continue;
+        }
+        let sent = digits(&token[15..27]);
+        stats.received += 1;
+        stats.latency.record(now.saturating_sub(sent));
+    }
 }
 
-/// Sends open-loop for one step; returns the sink and how many were sent.
-async fn send(mut sink: Sink, sender: usize, load: Load) -> (Sink, u64) {
-    let Load {
-        step,
-        senders,
-        rate,
-        duration,
-        size,
-        json,
-        start,
-    } = load;
-    let period = Duration::from_secs_f64(1.0 / rate);
-    // Spread the senders' phases over one period, so the total rate arrives
-    // evenly rather than as S messages at once every period.
-    let phase = period.mul_f64(sender as f64 / senders.max(1) as f64);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let end = Instant::now() + duration;
-    let pad = "x".repeat(size.saturating_sub(29));
-    let mut seq = 0u64;
-    while Instant::now() < end {
-        ticks.tick().await;
-        let micros = start.elapsed().as_micros() as u64;
+/// The event loop over every client socket.
+struct Generator {
+    args: Args,
+    poll: Poll,
+    events: Events,
+    clients: Vec<Client>,
+    scratch: Vec<u8>,
+    stats: Stats,
+    start: Instant,
+    mask: u32,
+    _stalled: Vec<StdTcpStream>,
+}
+
+/// The largest read; bigger than any frame a chat server sends, so a
+/// partial frame carried over always fits in front of the next read.
+const SCRATCH: usize = 1 << 20;
+
+impl Generator {
+    fn new(args: Args) -> Result<Self, String> {
+        let target = Target::parse(&args.url)?;
+        let poll = Poll::new().map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let mut stats = Stats {
+            step: 0,
+            received: 0,
+            dropped: 0,
+            latency: Histogram::new(),
+            reads: 0,
+            frames: 0,
+        };
+        let scratch = vec![0u8; SCRATCH];
+        let finder = memmem::Finder::new(b"~W");
+        let mut clients = Vec::with_capacity(args.clients());
+        for (index, (socket, early)) in connect_all(&target, args.json, args.clients())
+            .into_iter()
+            .enumerate()
+        {
+            let mut stream = TcpStream::from_std(socket);
+            let interest = if index < args.senders() {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            poll.registry()
+                .register(&mut stream, Token(index), interest)
+                .map_err(|e| e.to_string())?;
+            // What came with the 101 is greetings; frames only matter whole.
+            let mut partial = Vec::new();
+            let used = parse_frames(&early, |_, payload| {
+                count_tokens(&finder, payload, 0, &mut stats)
+            });
+            partial.extend_from_slice(&early[used..]);
+            clients.push(Client {
+                stream,
+                partial,
+                outbox: Vec::new(),
+                open: true,
+            });
+        }
+        let stalled = connect_all(&target, args.json, args.stalled)
+            .into_iter()
+            .map(|(socket, _)| socket)
+            .collect();
+        let mut generator = Self {
+            args,
+            poll,
+            events: Events::with_capacity(4096),
+            clients,
+            scratch,
+            stats,
+            start,
+            mask: 0x9e37_79b9,
+            _stalled: stalled,
+        };
+        generator.settle();
+        Ok(generator)
+    }
+
+    /// Reads the greetings (welcome, history, join notices) until the
+    /// sockets go quiet, so none of it is taken for this run's messages.
+    fn settle(&mut self) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if self
+                .poll
+                .poll(&mut self.events, Some(Duration::from_millis(200)))
+                .is_ok()
+                && self.events.is_empty()
+            {
+                return;
+            }
+            let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
+            for index in ready {
+                self.read(index);
+            }
+        }
+    }
+
+    fn next_mask(&mut self) -> [u8; 4] {
+        // xorshift32: masks only need to vary, not to be secret.
+        self.mask ^= self.mask << 13;
+        self.mask ^= self.mask >> 17;
+        self.mask ^= self.mask << 5;
+        self.mask.to_be_bytes()
+    }
+
+    /// Handles the sockets that are ready by `timeout`; when reading in
+    /// rounds, waits out the round first.
+    fn wait(&mut self, timeout: Duration) {
+        let every = self.args.read_every();
+        if every.is_zero() {
+            return self.turn(timeout);
+        }
+        std::thread::sleep(every.min(timeout.max(Duration::from_micros(1))));
+        self.turn(Duration::ZERO);
+    }
+
+    /// Waits up to `timeout` for sockets and handles what is ready.
+    fn turn(&mut self, timeout: Duration) {
+        if let Err(err) = self.poll.poll(&mut self.events, Some(timeout)) {
+            if err.kind() != io::ErrorKind::Interrupted {
+                eprintln!("error: poll: {err}");
+                std::process::exit(1);
+            }
+        }
+        let ready: Vec<(usize, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| (e.token().0, e.is_readable(), e.is_writable()))
+            .collect();
+        for (index, readable, writable) in ready {
+            if writable {
+                self.flush(index);
+            }
+            if readable {
+                self.read(index);
+            }
+        }
+    }
+
+    /// Reads one client until its socket is drained.
+    fn read(&mut self, index: usize) {
+        let finder = memmem::Finder::new(b"~W");
+        let mut pings = Vec::new();
+        loop {
+            let client = &mut self.clients[index];
+            if !client.open {
+                return;
+            }
+            let carried = client.partial.len();
+            self.scratch[..carried].copy_from_slice(&client.partial);
+            client.partial.clear();
+            let n = match client.stream.read(&mut self.scratch[carried..]) {
+                Ok(0) => return self.lose(index),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    client.partial.extend_from_slice(&self.scratch[..carried]);
+                    return;
+                }
+                Err(_) => return self.lose(index),
+            };
+            let now = self.start.elapsed().as_micros() as u64;
+            let data = &self.scratch[..carried + n];
+            let mut closed = false;
+            let stats = &mut self.stats;
+            stats.reads += 1;
+            let used = parse_frames(data, |opcode, payload| match opcode {
+                0..=2 => {
+                    stats.frames += 1;
+                    count_tokens(&finder, payload, now, stats);
+                }
+                8 => closed = true,
+                9 => pings.push(payload.to_vec()),
+                _ => {}
+            });
+            client.partial.extend_from_slice(&data[used..]);
+            if closed {
+                return self.lose(index);
+            }
+            for payload in pings.drain(..) {
+                let mask = self.next_mask();
+                self.write(index, &client_frame(0xa, &payload, mask));
+            }
+            // A read that did not fill the buffer emptied the socket.
+            if carried + n < SCRATCH {
+                return;
+            }
+        }
+    }
+
+    /// A client the server closed (or that failed).
+    fn lose(&mut self, index: usize) {
+        let client = &mut self.clients[index];
+        if std::mem::replace(&mut client.open, false) {
+            let _ = self.poll.registry().deregister(&mut client.stream);
+            self.stats.dropped += 1;
+        }
+    }
+
+    /// Writes a frame, keeping what the socket does not take for later.
+    fn write(&mut self, index: usize, frame: &[u8]) {
+        self.clients[index].outbox.extend_from_slice(frame);
+        self.flush(index);
+    }
+
+    fn flush(&mut self, index: usize) {
+        let client = &mut self.clients[index];
+        while client.open && !client.outbox.is_empty() {
+            match client.stream.write(&client.outbox) {
+                Ok(n) => {
+                    client.outbox.drain(..n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.lose(index),
+            }
+        }
+    }
+
+    /// Sends one token message from sender `sender`.
+    fn send(&mut self, sender: usize, seq: u64, pad: &str) {
+        let micros = self.start.elapsed().as_micros() as u64;
+        let step = self.stats.step;
         let token = format!("~W{step:02}{sender:04}{seq:09}{micros:012}{pad}");
-        let text = if json {
+        let text = if self.args.json {
             format!(r#"{{"type":"say","text":"{token}"}}"#)
         } else {
             token
         };
-        // A message written to the socket counts as sent, whether or not
-        // the server keeps up.
-        if sink.send(Message::text(text)).await.is_err() {
-            break;
-        }
-        seq += 1;
+        let mask = self.next_mask();
+        self.write(sender, &client_frame(0x1, text.as_bytes(), mask));
     }
-    (sink, seq)
-}
 
-struct Bench {
-    args: Args,
-    stats: Rc<RefCell<Stats>>,
-    sinks: Vec<Sink>,
-    start: Instant,
-    _stalled: Vec<Socket>,
-}
-
-impl Bench {
-    async fn measure(&mut self, rate: f64) -> Report {
-        let args = &self.args;
-        {
-            let mut stats = self.stats.borrow_mut();
-            stats.step = stats.step.wrapping_add(1) % 100;
-            stats.received = 0;
-            stats.latency = Histogram::new();
-        }
-        let dropped_before = self.stats.borrow().dropped;
-        let step = self.stats.borrow().step;
-        let duration = Duration::from_secs_f64(args.duration);
-        let server_before = cpu_micros(args.pid).filter(|_| args.pid.is_some());
+    /// One measurement at `rate` messages per second (all senders together).
+    fn measure(&mut self, rate: f64) -> Report {
+        self.stats.step = self.stats.step.wrapping_add(1) % 100;
+        self.stats.received = 0;
+        self.stats.latency = Histogram::new();
+        self.stats.reads = 0;
+        self.stats.frames = 0;
+        let dropped_before = self.stats.dropped;
+        let senders = self.args.senders();
+        let duration = Duration::from_secs_f64(self.args.duration);
+        let server_before = cpu_micros(self.args.pid).filter(|_| self.args.pid.is_some());
         let own_before = cpu_micros(None).unwrap_or(0.0);
+        let pad = "x".repeat(self.args.size.saturating_sub(29));
         let began = Instant::now();
-        let load = Load {
-            step,
-            senders: self.sinks.len(),
-            rate: rate / self.sinks.len().max(1) as f64,
-            duration,
-            size: args.size,
-            json: args.json,
-            start: self.start,
-        };
-        let sends = std::mem::take(&mut self.sinks)
-            .into_iter()
-            .enumerate()
-            .map(|(i, sink)| tokio::task::spawn_local(send(sink, i, load)));
+        let end = began + duration;
+        // Each sender sends every `period`; their phases are spread evenly, so
+        // the total rate arrives as evenly spaced messages.
+        let period = Duration::from_secs_f64(senders as f64 / rate);
+        let mut due: Vec<Instant> = (0..senders)
+            .map(|i| began + period.mul_f64(i as f64 / senders as f64))
+            .collect();
+        let mut seqs = vec![0u64; senders];
         let mut sent = 0;
-        for (sink, count) in futures_util::future::join_all(sends)
-            .await
-            .into_iter()
-            .flatten()
-        {
-            self.sinks.push(sink);
-            sent += count;
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            for sender in 0..senders {
+                while due[sender] <= now {
+                    if self.clients[sender].open {
+                        self.send(sender, seqs[sender], &pad);
+                        seqs[sender] += 1;
+                        sent += 1;
+                    }
+                    due[sender] += period;
+                }
+            }
+            let next = due.iter().min().copied().unwrap_or(end).min(end);
+            self.wait(next.saturating_duration_since(Instant::now()));
         }
-        let receivers = args.clients() as u64;
-        let per_message = if args.json || args.echo {
+        let receivers = self.args.clients() as u64;
+        let per_message = if self.args.json || self.args.echo {
             receivers
         } else {
             receivers - 1
@@ -454,47 +741,50 @@ impl Bench {
         let expected = sent * per_message;
         // Let what is in flight arrive (bounded).
         let drain_until = Instant::now() + Duration::from_secs(3);
-        while self.stats.borrow().received < expected && Instant::now() < drain_until {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        while self.stats.received < expected && Instant::now() < drain_until {
+            self.wait(Duration::from_millis(10));
         }
         let seconds = began.elapsed().as_secs_f64();
-        let server_cpu_us = server_before.and_then(|before| Some(cpu_micros(args.pid)? - before));
+        let server_cpu_us =
+            server_before.and_then(|before| Some(cpu_micros(self.args.pid)? - before));
         let own = cpu_micros(None).unwrap_or(0.0) - own_before;
-        let stats = self.stats.borrow();
+        let stats = &self.stats;
         Report {
             rate,
             sent,
             expected,
             received: stats.received,
             dropped: stats.dropped - dropped_before,
-            seconds: seconds.min(args.duration).max(0.001),
+            seconds: seconds.min(self.args.duration).max(0.001),
             p50: stats.latency.quantile_ms(0.50),
             p90: stats.latency.quantile_ms(0.90),
             p99: stats.latency.quantile_ms(0.99),
             max: stats.latency.max as f64 / 1000.0,
             server_cpu_us,
-            server_rss_mib: args.pid.and_then(rss_mib),
+            server_rss_mib: self.args.pid.and_then(rss_mib),
             generator_cpu: own / 1e6 / seconds,
+            frames_per_read: stats.frames as f64 / stats.reads.max(1) as f64,
         }
     }
 }
 
 /// Idle connections: the server's RSS before and after, per connection.
-async fn idle(args: &Args) {
+fn idle(args: &Args) -> Result<(), String> {
     let Some(pid) = args.pid else {
-        eprintln!("error: --idle needs --pid");
-        std::process::exit(2);
+        return Err("--idle needs --pid".into());
     };
+    let target = Target::parse(&args.url)?;
     let before = rss_mib(pid).unwrap_or(0.0);
-    let sockets = connect_all(&args.url, args.json, args.clients()).await;
+    let sockets = connect_all(&target, args.json, args.clients());
     // Let the server finish greeting everyone before reading its RSS.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::thread::sleep(Duration::from_secs(2));
     let after = rss_mib(pid).unwrap_or(0.0);
     let per = (after - before) * 1024.0 / args.clients() as f64;
     println!(
         "idle connections: {}  server RSS before {before:.1} MiB, after {after:.1} MiB: {per:.2} KiB per connection",
         sockets.len()
     );
+    Ok(())
 }
 
 /// Raises the soft open-files limit to the hard one.
@@ -509,109 +799,83 @@ fn main() {
     let mut args = Args::parse();
     args.apply_scenario();
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    LocalSet::new().block_on(&runtime, async move {
-        if args.idle {
-            return idle(&args).await;
+    if let Err(err) = run(args) {
+        eprintln!("error: {err}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if args.idle {
+        return idle(&args);
+    }
+    let mut generator = Generator::new(args.clone())?;
+    println!(
+        "{} clients ({} sending{}), {} s per step, ~{} byte messages, {} mode",
+        args.clients(),
+        args.senders(),
+        if args.stalled > 0 {
+            format!(", {} never reading", args.stalled)
+        } else {
+            String::new()
+        },
+        args.duration,
+        args.size,
+        if args.json { "JSON" } else { "plain" },
+    );
+    Report::print_header();
+    if !args.find_max {
+        generator.measure(args.rate).print();
+        return Ok(());
+    }
+    // Grow by half until it fails, then bisect a few times.
+    let mut good: Option<Report> = None;
+    let mut rate = args.rate;
+    let mut bad = None;
+    let mut lost_clients;
+    loop {
+        let report = generator.measure(rate);
+        report.print();
+        lost_clients = report.dropped > 0;
+        if report.sustainable() {
+            good = Some(report);
+            rate *= 1.5;
+        } else {
+            bad = Some(rate);
+            break;
         }
-        let start = Instant::now();
-        let stats = Rc::new(RefCell::new(Stats {
-            step: 0,
-            received: 0,
-            dropped: 0,
-            latency: Histogram::new(),
-        }));
-        let sockets = connect_all(&args.url, args.json, args.clients()).await;
-        let stalled = connect_all(&args.url, args.json, args.stalled).await;
-        let mut sinks = Vec::new();
-        for (index, socket) in sockets.into_iter().enumerate() {
-            let (sink, stream) = socket.split();
-            tokio::task::spawn_local(receive(stream, stats.clone(), start));
-            if index < args.senders() {
-                sinks.push(sink);
-            } else {
-                // Keep the write half alive so the connection stays open.
-                std::mem::forget(sink);
-            }
+        if rate > 1e7 {
+            break;
         }
-        println!(
-            "{} clients ({} sending{}), {} s per step, ~{} byte messages, {} mode",
-            args.clients(),
-            args.senders(),
-            if args.stalled > 0 {
-                format!(", {} never reading", args.stalled)
-            } else {
-                String::new()
-            },
-            args.duration,
-            args.size,
-            if args.json { "JSON" } else { "plain" },
-        );
-        let mut bench = Bench {
-            args: args.clone(),
-            stats,
-            sinks,
-            start,
-            _stalled: stalled,
-        };
-        Report::print_header();
-        if !args.find_max {
-            bench.measure(args.rate).await.print();
-            return;
-        }
-        // Grow by half until it fails, then bisect a few times.
-        let mut good: Option<Report> = None;
-        let mut rate = args.rate;
-        let mut bad = None;
-        let mut lost_clients;
-        loop {
-            let report = bench.measure(rate).await;
+    }
+    // Dropped connections do not come back: bisecting needs them all.
+    if let (Some(ok), Some(mut high), false) = (good.as_ref().map(|r| r.rate), bad, lost_clients) {
+        let mut low = ok;
+        for _ in 0..3 {
+            let mid = (low + high) / 2.0;
+            let report = generator.measure(mid);
             report.print();
-            lost_clients = report.dropped > 0;
+            if report.dropped > 0 {
+                break;
+            }
             if report.sustainable() {
+                low = mid;
                 good = Some(report);
-                rate *= 1.5;
             } else {
-                bad = Some(rate);
-                break;
-            }
-            if rate > 1e7 {
-                break;
+                high = mid;
             }
         }
-        // Dropped connections do not come back: bisecting needs them all.
-        if let (Some(ok), Some(mut high), false) =
-            (good.as_ref().map(|r| r.rate), bad, lost_clients)
-        {
-            let mut low = ok;
-            for _ in 0..3 {
-                let mid = (low + high) / 2.0;
-                let report = bench.measure(mid).await;
-                report.print();
-                if report.dropped > 0 {
-                    break;
-                }
-                if report.sustainable() {
-                    low = mid;
-                    good = Some(report);
-                } else {
-                    high = mid;
-                }
-            }
+    }
+    if lost_clients {
+        println!("(the server closed lagging clients: bisection skipped)");
+    }
+    match good {
+        Some(best) => {
+            println!("max sustainable:");
+            Report::print_header();
+            best.print();
         }
-        if lost_clients {
-            println!("(the server closed lagging clients: bisection skipped)");
-        }
-        match good {
-            Some(best) => {
-                println!("max sustainable:");
-                Report::print_header();
-                best.print();
-            }
-            None => println!("max sustainable: none (the starting rate already failed)"),
-        }
-    });
+        None => println!("max sustainable: none (the starting rate already failed)"),
+    }
+    Ok(())
 }

@@ -4,15 +4,17 @@
 //! `tokio::sync::broadcast` channel and one ring buffer of recent messages per
 //! room. A shared backend (Redis) slots in behind the same three operations.
 //!
-//! Every event is rendered once per protocol mode when it is published; each
-//! recipient then gets a cheap clone of the same bytes.
+//! Every event is rendered and encoded into a WebSocket frame once per
+//! protocol mode when it is published; each recipient then gets a copy of the
+//! same bytes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use tokio::sync::broadcast;
-use tokio_websockets::Payload;
 
+use super::wire::text_frame;
 use crate::protocol::{Mode, ServerFrame, now_ms};
 
 /// Identifies one connection on this server.
@@ -27,28 +29,28 @@ pub struct Delivery {
     pub frame: ServerFrame,
     /// The sender's client id, for chat messages that carried one.
     pub cid: Option<String>,
-    /// The plain-mode line.
-    plain: Payload,
-    /// The JSON-mode object.
-    json: Payload,
+    /// The plain-mode line, as a whole frame.
+    plain: Bytes,
+    /// The JSON-mode object, as a whole frame.
+    json: Bytes,
 }
 
 impl Delivery {
     fn new(origin: ConnId, frame: ServerFrame, cid: Option<String>) -> Self {
         Self {
             origin,
-            plain: Payload::from(frame.render(Mode::Plain)),
-            json: Payload::from(frame.render(Mode::Json)),
+            plain: text_frame(frame.render(Mode::Plain).as_bytes()),
+            json: text_frame(frame.render(Mode::Json).as_bytes()),
             frame,
             cid,
         }
     }
 
-    /// The shared bytes to send to a connection in `mode`.
-    pub fn payload(&self, mode: Mode) -> Payload {
+    /// The encoded frame to send to a connection in `mode`.
+    pub fn wire(&self, mode: Mode) -> &Bytes {
         match mode {
-            Mode::Plain => self.plain.clone(),
-            Mode::Json => self.json.clone(),
+            Mode::Plain => &self.plain,
+            Mode::Json => &self.json,
         }
     }
 

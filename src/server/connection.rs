@@ -1,9 +1,9 @@
 //! One task per connection: the handshake, then one `select!` loop that reads
 //! requests, forwards room events and private messages, pings, and closes.
 //!
-//! Outgoing frames are queued on the WebSocket sink without flushing; the loop
-//! drains everything the room channel already holds and then writes it all
-//! with one (vectored) flush. The socket keeps being read while a flush is
+//! Outgoing frames are queued on the connection's [`Wire`] without flushing;
+//! the loop drains everything the room channel already holds and then writes
+//! it all with one (vectored) write. The socket keeps being read while a flush is
 //! pending, so pongs and close replies still get through, and a peer that
 //! stops reading only ever delays itself: once more than `--max-lag` frames
 //! wait for it, it is closed with 1013.
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -28,6 +29,7 @@ use super::Shared;
 use super::bus::{ConnId, Delivery, Replay, Room};
 use super::handshake::{self, Decision};
 use super::hub::{DIRECT_CAPACITY, Member};
+use super::wire::Wire;
 use crate::limit::TokenBucket;
 use crate::protocol::{
     Allowance, DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, WELCOME,
@@ -91,7 +93,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 
     info!("New connection from {peer}");
     let limits = Limits::default().max_payload_len(Some(shared.config.max_frame_bytes));
-    let ws = ServerBuilder::new().limits(limits).serve(stream);
+    let ws = ServerBuilder::new().limits(limits).serve(Wire::new(stream));
     let mut session = Session::start(ws, peer, mode, shared);
     let ended = session.run(&shutdown).await;
     session.leave();
@@ -115,7 +117,7 @@ enum Wake {
     Shutdown,
     Socket(SocketEvent),
     Room(Result<Arc<Delivery>, RecvError>),
-    Direct(Message),
+    Direct(String),
     Tick,
 }
 
@@ -127,7 +129,7 @@ enum SocketEvent {
 
 /// Polls the socket for whichever comes first: a pending flush finishing or a frame.
 fn poll_socket<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WebSocketStream<Wire<S>>,
     flushing: bool,
     cx: &mut Context<'_>,
 ) -> Poll<SocketEvent> {
@@ -145,12 +147,12 @@ struct Session<S> {
     peer: SocketAddr,
     mode: Mode,
     shared: Arc<Shared>,
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<Wire<S>>,
     nick: Arc<str>,
     room: Arc<Room>,
     live: broadcast::Receiver<Arc<Delivery>>,
-    direct: mpsc::Receiver<Message>,
-    /// Frames queued on the sink since it last flushed completely.
+    direct: mpsc::Receiver<String>,
+    /// Frames queued since the wire last flushed completely.
     unflushed: usize,
     last_heard: Instant,
     /// Set once the peer has been removed from the hub and its room.
@@ -164,7 +166,12 @@ struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Registers the peer, greets it, and puts it in the default room.
-    fn start(ws: WebSocketStream<S>, peer: SocketAddr, mode: Mode, shared: Arc<Shared>) -> Self {
+    fn start(
+        ws: WebSocketStream<Wire<S>>,
+        peer: SocketAddr,
+        mode: Mode,
+        shared: Arc<Shared>,
+    ) -> Self {
         let id = shared.next_conn_id();
         let nick: Arc<str> = peer.to_string().into();
         let room = shared.bus.room(DEFAULT_ROOM);
@@ -251,15 +258,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let every = self.shared.config.ping_every();
         let mut ping = tokio::time::interval_at(Instant::now() + every, every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Made once: a fresh one per turn would join and leave the token's
+        // waiter list every time.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let wake = {
-                let flushing = self.unflushed > 0;
+                let flushing = self.ws.get_ref().has_pending();
                 let ws = &mut self.ws;
                 let live = &mut self.live;
                 let direct = &mut self.direct;
                 tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => Wake::Shutdown,
+                    () = &mut cancelled => Wake::Shutdown,
                     event = poll_fn(|cx| poll_socket(ws, flushing, cx)) => Wake::Socket(event),
                     event = live.recv() => Wake::Room(event),
                     Some(message) = direct.recv() => Wake::Direct(message),
@@ -299,13 +310,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Wake::Room(Err(RecvError::Closed)) => {
                     return Ended::Because("room closed".into());
                 }
-                Wake::Direct(message) => self.queue(message),
+                Wake::Direct(text) => {
+                    self.ws.get_mut().push_text(text.as_bytes());
+                    self.unflushed += 1;
+                }
                 Wake::Tick => {
                     if self.last_heard.elapsed() >= self.shared.config.idle_after() {
                         self.close(CloseCode::GOING_AWAY, "idle timeout").await;
                         return Ended::Because("idle timeout".into());
                     }
-                    self.queue(Message::ping(&b""[..]));
+                    self.ws.get_mut().push_ping();
+                    self.unflushed += 1;
                 }
             }
             if let Some(skipped) = self.lagged.take() {
@@ -363,16 +378,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.tell_left();
     }
 
-    /// Queues a frame on the sink; it is written at the next flush.
-    fn queue(&mut self, message: Message) {
-        if Pin::new(&mut self.ws).start_send(message).is_ok() {
-            self.unflushed += 1;
-        }
+    /// Queues an encoded frame shared with other connections; it is
+    /// written at the next flush.
+    fn queue(&mut self, frame: &Bytes) {
+        self.ws.get_mut().push_shared(frame);
+        self.unflushed += 1;
     }
 
     /// Queues a frame meant for this connection only.
     fn reply(&mut self, frame: ServerFrame) {
-        self.queue(Message::text(frame.render(self.mode)));
+        self.ws
+            .get_mut()
+            .push_text(frame.render(self.mode).as_bytes());
+        self.unflushed += 1;
     }
 
     fn reject(&mut self, rejection: Rejection, cid: Option<String>) {
@@ -396,14 +414,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 (Mode::Json, None) => {}
             }
         }
-        self.queue(Message::text(delivery.payload(self.mode)));
+        self.queue(delivery.wire(self.mode));
     }
 
     /// Queues stored messages as history.
     fn replay(&mut self, backlog: &[Arc<Delivery>]) {
         for delivery in backlog {
             match self.mode {
-                Mode::Plain => self.queue(Message::text(delivery.payload(Mode::Plain))),
+                Mode::Plain => self.queue(delivery.wire(Mode::Plain)),
                 Mode::Json => {
                     let mut frame = delivery.frame.clone();
                     if let ServerFrame::Message {
@@ -572,11 +590,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ts: now_ms(),
             cid: None,
         };
-        if target
-            .direct
-            .try_send(Message::text(frame.render(target.mode)))
-            .is_err()
-        {
+        if target.direct.try_send(frame.render(target.mode)).is_err() {
             let rejection = Rejection::new(
                 ErrorCode::Internal,
                 format!("{} cannot receive messages right now", target.nick),

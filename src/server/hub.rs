@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
-use tokio_websockets::Message;
 
 use super::bus::ConnId;
 use crate::protocol::{ErrorCode, Mode, Rejection, RoomInfo};
@@ -21,8 +20,8 @@ pub struct Member {
     pub room: Arc<str>,
     /// How it talks.
     pub mode: Mode,
-    /// Where private messages for it go.
-    pub direct: mpsc::Sender<Message>,
+    /// Where private messages for it go, rendered for its mode.
+    pub direct: mpsc::Sender<String>,
 }
 
 /// The registry of connected peers.

@@ -8,6 +8,7 @@ pub mod bus;
 mod connection;
 pub mod handshake;
 pub mod hub;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;

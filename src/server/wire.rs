@@ -1,0 +1,234 @@
+//! The server's side of a socket: one ordered queue of outgoing bytes.
+//!
+//! tokio-websockets reads and checks every incoming frame and writes its own
+//! control replies (pong, close); everything else the server sends is encoded
+//! here and appended as bytes. A broadcast is encoded into a complete
+//! WebSocket frame once per protocol mode when it is published. A recipient
+//! gets a small frame as a copy appended to its queue (chat lines are small,
+//! and copying them is cheaper than keeping one buffer per frame) and a large
+//! one as a shared reference, so a peer that stops reading costs little
+//! memory before `--max-lag` closes it. Whatever has queued up goes out with
+//! one vectored write when the connection flushes.
+//!
+//! [`Wire`] sits under the `WebSocketStream`: the codec's writes land in the
+//! same queue (whole frames, in order), and its flush is the real write.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The first allocation for small frames: enough for a few dozen chat lines.
+const FIRST_CAPACITY: usize = 4096;
+/// Frames up to this size are copied; larger ones are shared.
+const COPY_MAX: usize = 512;
+/// Most buffers handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+/// Opcodes of the frames the server encodes itself.
+const TEXT: u8 = 0x1;
+const PING: u8 = 0x9;
+
+/// A stream whose writes are queued until it is flushed.
+#[derive(Debug)]
+pub struct Wire<S> {
+    io: S,
+    /// Buffers to send, oldest first; the first `sent` bytes of the front
+    /// one are gone already.
+    chunks: VecDeque<Bytes>,
+    sent: usize,
+    /// Small frames copied together, to become one chunk.
+    tail: BytesMut,
+}
+
+impl<S> Wire<S> {
+    /// Wraps a connected stream.
+    pub fn new(io: S) -> Self {
+        Self {
+            io,
+            chunks: VecDeque::new(),
+            sent: 0,
+            tail: BytesMut::new(),
+        }
+    }
+
+    /// Queues bytes that are one or more whole frames.
+    pub fn push_frame(&mut self, frame: &[u8]) {
+        self.reserve(frame.len());
+        self.tail.extend_from_slice(frame);
+    }
+
+    /// Queues a whole frame shared with other connections.
+    pub fn push_shared(&mut self, frame: &Bytes) {
+        if frame.len() <= COPY_MAX {
+            return self.push_frame(frame);
+        }
+        self.seal();
+        self.chunks.push_back(frame.clone());
+    }
+
+    /// Queues a text frame carrying `text`.
+    pub fn push_text(&mut self, text: &[u8]) {
+        self.reserve(text.len() + MAX_HEADER);
+        put_header(&mut self.tail, TEXT, text.len());
+        self.tail.extend_from_slice(text);
+    }
+
+    /// Queues an empty ping frame.
+    pub fn push_ping(&mut self) {
+        self.push_frame(&[0x80 | PING, 0]);
+    }
+
+    /// Whether anything waits to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.tail.is_empty() || !self.chunks.is_empty()
+    }
+
+    fn reserve(&mut self, more: usize) {
+        if self.tail.capacity() - self.tail.len() < more {
+            self.tail.reserve(more.max(FIRST_CAPACITY));
+        }
+    }
+
+    /// Moves the copied frames into the chunk queue, keeping their order.
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            self.chunks.push_back(self.tail.split().freeze());
+        }
+    }
+}
+
+/// The longest header of an unmasked frame.
+const MAX_HEADER: usize = 10;
+
+/// Appends the header of a final, unmasked frame.
+fn put_header(out: &mut impl BufMut, opcode: u8, len: usize) {
+    out.put_u8(0x80 | opcode);
+    match len {
+        0..=125 => out.put_u8(len as u8),
+        126..=0xffff => {
+            out.put_u8(126);
+            out.put_u16(len as u16);
+        }
+        _ => {
+            out.put_u8(127);
+            out.put_u64(len as u64);
+        }
+    }
+}
+
+/// A complete text frame carrying `text`, to share between many recipients.
+pub fn text_frame(text: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(text.len() + MAX_HEADER);
+    put_header(&mut frame, TEXT, text.len());
+    frame.extend_from_slice(text);
+    frame.freeze()
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Wire<S> {
+    /// Also moves queued bytes along: the codec expects waiting for the
+    /// peer (say, for its close reply) to send what it queued, and it
+    /// hands a frame over to this queue only once.
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.has_pending() {
+            if let Poll::Ready(Err(err)) = self.as_mut().poll_flush(cx) {
+                return Poll::Ready(Err(err));
+            }
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
+    /// Queues; never blocks. The session bounds the queue (`--max-lag`).
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.push_frame(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total = bufs.iter().map(|b| b.len()).sum();
+        self.reserve(total);
+        for buf in bufs {
+            self.tail.extend_from_slice(buf);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// Writes everything queued, then lets go of the buffers so an idle
+    /// connection holds none.
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.seal();
+        while !this.chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (index, chunk) in this.chunks.iter().take(MAX_SLICES).enumerate() {
+                let skip = if index == 0 { this.sent } else { 0 };
+                slices[index] = IoSlice::new(&chunk[skip..]);
+                count += 1;
+            }
+            let mut n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            while n > 0 {
+                let Some(front) = this.chunks.front_mut() else {
+                    break;
+                };
+                let left = front.len() - this.sent;
+                if n < left {
+                    this.sent += n;
+                    break;
+                }
+                n -= left;
+                this.sent = 0;
+                this.chunks.pop_front();
+            }
+        }
+        this.tail = BytesMut::new();
+        this.chunks = VecDeque::new();
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_use_the_shortest_length_form() {
+        assert_eq!(&text_frame(b"hi")[..], b"\x81\x02hi");
+        let medium = text_frame(&[b'a'; 126]);
+        assert_eq!(&medium[..4], &[0x81, 126, 0, 126]);
+        assert_eq!(medium.len(), 4 + 126);
+        let long = text_frame(&[b'a'; 70_000]);
+        assert_eq!(&long[..2], &[0x81, 127]);
+        assert_eq!(&long[2..10], &70_000u64.to_be_bytes());
+        assert_eq!(long.len(), 10 + 70_000);
+    }
+}
