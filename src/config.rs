@@ -25,6 +25,12 @@ pub struct ServerConfig {
     #[arg(short, long)]
     pub verbose: bool,
 
+    /// Worker threads; 0 means one per available core. With one, everything
+    /// runs on the main thread, which is cheaper than handing work between
+    /// threads that share a core.
+    #[arg(long, env = "WSCHAT_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
     /// Messages each room keeps in memory.
     #[arg(long, default_value_t = 1000)]
     pub history: usize,

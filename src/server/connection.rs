@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStream};
@@ -28,7 +28,7 @@ use tracing::{debug, info};
 use super::Shared;
 use super::bus::{ConnId, Delivery, Replay, Room};
 use super::handshake::{self, Decision};
-use super::hub::{DIRECT_CAPACITY, Member};
+use super::hub::{Mailbox, Member};
 use super::wire::Wire;
 use crate::limit::TokenBucket;
 use crate::protocol::{
@@ -77,7 +77,10 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = timeout(within, handshake::send(&mut stream, &response)).await;
         return;
     };
-    let mode = match handshake::decide(&head, &shared.policy) {
+    let decision = handshake::decide(&head, &shared.policy);
+    // The request head is not needed past here; the session outlives it.
+    drop(head);
+    let mode = match decision {
         Decision::Respond { status, response } => {
             debug!("{peer}: answered HTTP {status}");
             let _ = timeout(within, handshake::send(&mut stream, &response)).await;
@@ -117,7 +120,7 @@ enum Wake {
     Shutdown,
     Socket(SocketEvent),
     Room(Result<Arc<Delivery>, RecvError>),
-    Direct(String),
+    Mail,
     Tick,
 }
 
@@ -151,7 +154,7 @@ struct Session<S> {
     nick: Arc<str>,
     room: Arc<Room>,
     live: broadcast::Receiver<Arc<Delivery>>,
-    direct: mpsc::Receiver<String>,
+    mailbox: Arc<Mailbox>,
     /// Frames queued since the wire last flushed completely.
     unflushed: usize,
     last_heard: Instant,
@@ -175,14 +178,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let id = shared.next_conn_id();
         let nick: Arc<str> = peer.to_string().into();
         let room = shared.bus.room(DEFAULT_ROOM);
-        let (direct_tx, direct) = mpsc::channel(DIRECT_CAPACITY);
+        let mailbox = Arc::new(Mailbox::default());
         shared.hub.register(
             id,
             Member {
                 nick: nick.clone(),
                 room: room.name().clone(),
                 mode,
-                direct: direct_tx,
+                mailbox: mailbox.clone(),
             },
         );
         let sub = room.subscribe(Replay::Recent(shared.config.history_on_join));
@@ -201,7 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             nick,
             room,
             live: sub.live,
-            direct,
+            mailbox,
             unflushed: 0,
             last_heard: Instant::now(),
             left: false,
@@ -262,18 +265,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // waiter list every time.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        let mailbox = self.mailbox.clone();
+        let mail = mailbox.posted.notified();
+        tokio::pin!(mail);
         loop {
             let wake = {
                 let flushing = self.ws.get_ref().has_pending();
                 let ws = &mut self.ws;
                 let live = &mut self.live;
-                let direct = &mut self.direct;
                 tokio::select! {
                     biased;
                     () = &mut cancelled => Wake::Shutdown,
                     event = poll_fn(|cx| poll_socket(ws, flushing, cx)) => Wake::Socket(event),
                     event = live.recv() => Wake::Room(event),
-                    Some(message) = direct.recv() => Wake::Direct(message),
+                    () = &mut mail => Wake::Mail,
                     _ = ping.tick() => Wake::Tick,
                 }
             };
@@ -310,9 +315,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Wake::Room(Err(RecvError::Closed)) => {
                     return Ended::Because("room closed".into());
                 }
-                Wake::Direct(text) => {
-                    self.ws.get_mut().push_text(text.as_bytes());
-                    self.unflushed += 1;
+                Wake::Mail => {
+                    mail.set(mailbox.posted.notified());
+                    for text in mailbox.take() {
+                        self.ws.get_mut().push_text(text.as_bytes());
+                        self.unflushed += 1;
+                    }
                 }
                 Wake::Tick => {
                     if self.last_heard.elapsed() >= self.shared.config.idle_after() {
@@ -328,6 +336,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             if self.unflushed > self.shared.config.max_lag {
                 return self.too_slow(0, shutdown).await;
+            }
+            // Write now what this turn queued, if the socket takes it; what
+            // it does not take is finished by the loop as the socket drains.
+            if self.ws.get_ref().has_pending() {
+                match poll_fn(|cx| {
+                    Poll::Ready(Sink::<Message>::poll_flush(Pin::new(&mut self.ws), cx))
+                })
+                .await
+                {
+                    Poll::Ready(Ok(())) => self.unflushed = 0,
+                    Poll::Ready(Err(err)) => return Ended::Because(err.to_string()),
+                    Poll::Pending => {}
+                }
             }
         }
     }
@@ -590,7 +611,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ts: now_ms(),
             cid: None,
         };
-        if target.direct.try_send(frame.render(target.mode)).is_err() {
+        if target.mailbox.post(frame.render(target.mode)).is_err() {
             let rejection = Rejection::new(
                 ErrorCode::Internal,
                 format!("{} cannot receive messages right now", target.nick),
