@@ -6,6 +6,7 @@
 #   scripts/bench.sh                 all scenarios, 3 runs each
 #   RUNS=5 scripts/bench.sh c        one scenario, 5 runs
 #   TARGETS=wschat scripts/bench.sh a
+#   EXTRA="--read-every 200" OUT=target/bench-rounds scripts/bench.sh c
 #
 # Scenarios (see benches/fanout.rs): a N=1000 S=10 find-max; b N=100 S=10
 # find-max; c N=1000 S=10 at 50 msg/s; d 5000 idle connections (IDLE=15000
@@ -18,6 +19,7 @@ SCENARIOS=${*:-"a b c d e f"}
 DURATION=${DURATION:-3}
 PORT=${PORT:-2100}
 OUT=${OUT:-target/bench}
+EXTRA=${EXTRA:-}
 mkdir -p "$OUT"
 
 cargo build --release --bins --examples --benches --quiet
@@ -44,12 +46,14 @@ for scenario in $SCENARIOS; do
             args=(--url "ws://127.0.0.1:$PORT" --scenario "$scenario" --pid "$SERVER_PID" --duration "$DURATION")
             # find-max starts low enough for the baseline to pass its first step.
             case "$scenario/$target" in
-                a/wschat|f/wschat) args+=(--rate 200) ;;
-                b/wschat|e/wschat) args+=(--rate 2000) ;;
+                a/wschat|f/wschat) args+=(--rate 1000) ;;
+                b/wschat|e/wschat) args+=(--rate 10000) ;;
                 a/*|f/*) args+=(--rate 10) ;;
                 b/*|e/*) args+=(--rate 100) ;;
                 d/*) args+=(--clients "${IDLE:-5000}") ;;
             esac
+            # shellcheck disable=SC2206
+            args+=($EXTRA)
             log="$OUT/$scenario-$target-$run.txt"
             echo "== scenario $scenario, $target, run $run"
             timeout 600 taskset -c 1 "$BENCH" "${args[@]}" | tee "$log" || true
