@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio::time::{Instant, MissedTickBehavior, timeout};
@@ -29,7 +28,7 @@ use super::Shared;
 use super::bus::{ConnId, Delivery, Replay, Room};
 use super::handshake::{self, Decision};
 use super::hub::{Mailbox, Member};
-use super::wire::Wire;
+use super::wire::{Transport, Wire};
 use crate::limit::TokenBucket;
 use crate::protocol::{
     Allowance, DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, WELCOME,
@@ -48,7 +47,7 @@ const DRAIN_BATCH: usize = 1024;
 ///
 /// `slot` is this connection's share of `--max-connections`; without one the
 /// handshake is answered with 503.
-pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn serve<S: Transport>(
     mut stream: S,
     peer: SocketAddr,
     slot: Option<OwnedSemaphorePermit>,
@@ -131,7 +130,7 @@ enum SocketEvent {
 }
 
 /// Polls the socket for whichever comes first: a pending flush finishing or a frame.
-fn poll_socket<S: AsyncRead + AsyncWrite + Unpin>(
+fn poll_socket<S: Transport>(
     ws: &mut WebSocketStream<Wire<S>>,
     flushing: bool,
     cx: &mut Context<'_>,
@@ -167,7 +166,7 @@ struct Session<S> {
     lagged: Option<u64>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl<S: Transport> Session<S> {
     /// Registers the peer, greets it, and puts it in the default room.
     fn start(
         ws: WebSocketStream<Wire<S>>,

