@@ -6,9 +6,10 @@
 //! - [`server`]: the accept loop and shutdown ([`server::run`]); inside it
 //!   `handshake` answers HTTP, `connection` runs one task per peer, `hub`
 //!   tracks nicks, presence and private mailboxes, `bus` is the fan-out seam
-//!   (publish to a room, subscribe to a room, read history after an id), and
-//!   `wire` queues each connection's outgoing bytes (broadcast frames encoded
-//!   once, written with one call per flush).
+//!   (publish to a room, subscribe to a room, read history after an id),
+//!   `frames` parses and checks what clients send, and `wire` queues each
+//!   connection's outgoing bytes (broadcast frames encoded once, written with
+//!   one call per flush).
 //! - [`client`]: the terminal client's connect / reconnect / resume loop.
 //! - [`limit`]: the token bucket behind flood control (server and client).
 //! - [`tls`]: loading certificates and keys for `wss://`.

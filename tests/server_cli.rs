@@ -23,6 +23,25 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn serves_on_one_thread_and_on_several() {
+    for threads in ["1", "3"] {
+        let (mut server, url) = spawn_server(&["--threads", threads]).await;
+        let [mut a, mut b] = plain_peers(&url).await;
+        a.send("hello").await;
+        b.expect(&format!("{}: hello", a.name())).await;
+        server.signal("TERM");
+        for peer in [&mut a, &mut b] {
+            assert_eq!(
+                peer.closed().await,
+                (1001, "server shutting down".to_owned()),
+                "--threads {threads}"
+            );
+        }
+        assert_eq!(server.exit_code().await, 0, "--threads {threads}");
+    }
+}
+
+#[tokio::test]
 async fn ctrl_c_exits_zero() {
     let (mut server, _url) = spawn_server(&[]).await;
     server.signal("INT");

@@ -1,31 +1,33 @@
 //! One task per connection: the handshake, then one `select!` loop that reads
 //! requests, forwards room events and private messages, pings, and closes.
 //!
-//! Outgoing frames are queued on the connection's [`Wire`] without flushing;
-//! the loop drains everything the room channel already holds and then writes
-//! it all with one (vectored) write. The socket keeps being read while a flush is
-//! pending, so pongs and close replies still get through, and a peer that
-//! stops reading only ever delays itself: once more than `--max-lag` frames
-//! wait for it, it is closed with 1013.
+//! Incoming frames are parsed by a [`FrameReader`]; outgoing frames are queued
+//! on the connection's [`Wire`] without flushing, and the loop drains
+//! everything the room channel already holds and then writes it all with one
+//! (vectored) write. The socket keeps being read while a flush is pending, so
+//! pings and close frames are still answered, and a peer that stops reading
+//! only ever delays itself: once more than `--max-lag` frames wait for it, it
+//! is closed with 1013.
 
 use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt, Stream};
+use tokio::io::ReadBuf;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_util::sync::CancellationToken;
-use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder, WebSocketStream};
 use tracing::{debug, info};
 
 use super::Shared;
 use super::bus::{ConnId, Delivery, Replay, Room};
+use super::frames::{FrameReader, Incoming, Violation, close_frame, pong_frame};
 use super::handshake::{self, Decision};
 use super::hub::{Mailbox, Member};
 use super::wire::{Transport, Wire};
@@ -42,6 +44,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const TOO_SLOW_GRACE: Duration = Duration::from_secs(10);
 /// Most room events taken in one go before they are written out.
 const DRAIN_BATCH: usize = 1024;
+/// The most read from the socket at once (into a buffer on the stack).
+const READ_CHUNK: usize = 8192;
+/// Close codes the server sends.
+const GOING_AWAY: u16 = 1001;
+const TRY_AGAIN_LATER: u16 = 1013;
 
 /// Serves one accepted TCP connection from handshake to close.
 ///
@@ -94,9 +101,7 @@ pub(super) async fn serve<S: Transport>(
     };
 
     info!("New connection from {peer}");
-    let limits = Limits::default().max_payload_len(Some(shared.config.max_frame_bytes));
-    let ws = ServerBuilder::new().limits(limits).serve(Wire::new(stream));
-    let mut session = Session::start(ws, peer, mode, shared);
+    let mut session = Session::start(Wire::new(stream), peer, mode, shared);
     let ended = session.run(&shutdown).await;
     session.leave();
     drop(slot);
@@ -123,24 +128,52 @@ enum Wake {
     Tick,
 }
 
-/// Progress on the socket: a frame read, or a pending flush completed.
+/// Progress on the socket.
 enum SocketEvent {
-    Frame(Option<Result<Message, tokio_websockets::Error>>),
-    Flushed(Result<(), tokio_websockets::Error>),
+    /// A frame or message from the peer.
+    Incoming(Incoming),
+    /// The peer closed the TCP connection.
+    Eof,
+    /// The peer broke the protocol.
+    Violation(Violation),
+    Failed(io::Error),
+    /// Everything queued has been written.
+    Flushed,
 }
 
-/// Polls the socket for whichever comes first: a pending flush finishing or a frame.
+/// Polls the socket for whichever comes first: a pending flush finishing or
+/// something from the peer.
 fn poll_socket<S: Transport>(
-    ws: &mut WebSocketStream<Wire<S>>,
+    wire: &mut Wire<S>,
+    reader: &mut FrameReader,
     flushing: bool,
     cx: &mut Context<'_>,
 ) -> Poll<SocketEvent> {
     if flushing {
-        if let Poll::Ready(done) = Sink::<Message>::poll_flush(Pin::new(&mut *ws), cx) {
-            return Poll::Ready(SocketEvent::Flushed(done));
+        match wire.poll_flush(cx) {
+            Poll::Ready(Ok(())) => return Poll::Ready(SocketEvent::Flushed),
+            Poll::Ready(Err(err)) => return Poll::Ready(SocketEvent::Failed(err)),
+            Poll::Pending => {}
         }
     }
-    Pin::new(ws).poll_next(cx).map(SocketEvent::Frame)
+    loop {
+        if let Some(item) = reader.take() {
+            return Poll::Ready(SocketEvent::Incoming(item));
+        }
+        // Uninitialised: this runs on every wake-up, and zeroing 8 KiB each
+        // time would cost more than the read.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        if let Err(err) = ready!(wire.poll_read(cx, &mut buf)) {
+            return Poll::Ready(SocketEvent::Failed(err));
+        }
+        if buf.filled().is_empty() {
+            return Poll::Ready(SocketEvent::Eof);
+        }
+        if let Err(violation) = reader.feed(buf.filled()) {
+            return Poll::Ready(SocketEvent::Violation(violation));
+        }
+    }
 }
 
 /// One connected peer.
@@ -149,7 +182,8 @@ struct Session<S> {
     peer: SocketAddr,
     mode: Mode,
     shared: Arc<Shared>,
-    ws: WebSocketStream<Wire<S>>,
+    wire: Wire<S>,
+    reader: FrameReader,
     nick: Arc<str>,
     room: Arc<Room>,
     live: broadcast::Receiver<Arc<Delivery>>,
@@ -168,12 +202,7 @@ struct Session<S> {
 
 impl<S: Transport> Session<S> {
     /// Registers the peer, greets it, and puts it in the default room.
-    fn start(
-        ws: WebSocketStream<Wire<S>>,
-        peer: SocketAddr,
-        mode: Mode,
-        shared: Arc<Shared>,
-    ) -> Self {
+    fn start(wire: Wire<S>, peer: SocketAddr, mode: Mode, shared: Arc<Shared>) -> Self {
         let id = shared.next_conn_id();
         let nick: Arc<str> = peer.to_string().into();
         let room = shared.bus.room(DEFAULT_ROOM);
@@ -198,8 +227,9 @@ impl<S: Transport> Session<S> {
             id,
             peer,
             mode,
+            reader: FrameReader::new(shared.config.max_frame_bytes),
             shared,
-            ws,
+            wire,
             nick,
             room,
             live: sub.live,
@@ -269,13 +299,14 @@ impl<S: Transport> Session<S> {
         tokio::pin!(mail);
         loop {
             let wake = {
-                let flushing = self.ws.get_ref().has_pending();
-                let ws = &mut self.ws;
+                let flushing = self.wire.has_pending();
+                let wire = &mut self.wire;
+                let reader = &mut self.reader;
                 let live = &mut self.live;
                 tokio::select! {
                     biased;
                     () = &mut cancelled => Wake::Shutdown,
-                    event = poll_fn(|cx| poll_socket(ws, flushing, cx)) => Wake::Socket(event),
+                    event = poll_fn(|cx| poll_socket(wire, reader, flushing, cx)) => Wake::Socket(event),
                     event = live.recv() => Wake::Room(event),
                     () = &mut mail => Wake::Mail,
                     _ = ping.tick() => Wake::Tick,
@@ -283,25 +314,39 @@ impl<S: Transport> Session<S> {
             };
             match wake {
                 Wake::Shutdown => {
-                    self.close(CloseCode::GOING_AWAY, "server shutting down")
-                        .await;
+                    self.close(GOING_AWAY, "server shutting down").await;
                     return Ended::Because("server shutting down".into());
                 }
-                Wake::Socket(SocketEvent::Frame(Some(Ok(message)))) => {
+                Wake::Socket(SocketEvent::Incoming(item)) => {
                     self.last_heard = Instant::now();
-                    self.on_frame(&message);
+                    if let Incoming::Close(code) = item {
+                        // Echo the peer's code, then hang up (the server
+                        // closes the TCP connection first, as RFC 6455 asks).
+                        let reply = match code {
+                            Some((code, _)) => close_frame(code, ""),
+                            None => vec![0x88, 0x00],
+                        };
+                        self.wire.push_frame(&reply);
+                        let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
+                        return Ended::Clean;
+                    }
+                    self.on_incoming(item);
+                    // A peer that keeps sending keeps this branch ready;
+                    // the room must not wait for it to stop.
+                    if let Err(skipped) = self.drain_room() {
+                        return self.too_slow(skipped, shutdown).await;
+                    }
                 }
-                Wake::Socket(SocketEvent::Frame(Some(Err(err)))) => {
-                    // The library has queued the matching close frame (1002,
-                    // 1007, 1009); give it a bounded chance to go out.
-                    let _ = timeout(CLOSE_GRACE, self.ws.close()).await;
-                    return Ended::Because(err.to_string());
+                Wake::Socket(SocketEvent::Eof) => return Ended::Clean,
+                Wake::Socket(SocketEvent::Violation(violation)) => {
+                    let reason = violation.to_string();
+                    self.wire
+                        .push_frame(&close_frame(violation.close_code(), &reason));
+                    let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
+                    return Ended::Because(reason);
                 }
-                Wake::Socket(SocketEvent::Frame(None)) => return Ended::Clean,
-                Wake::Socket(SocketEvent::Flushed(Ok(()))) => self.unflushed = 0,
-                Wake::Socket(SocketEvent::Flushed(Err(err))) => {
-                    return Ended::Because(err.to_string());
-                }
+                Wake::Socket(SocketEvent::Failed(err)) => return Ended::Because(err.to_string()),
+                Wake::Socket(SocketEvent::Flushed) => self.unflushed = 0,
                 Wake::Room(Ok(delivery)) => {
                     self.deliver(&delivery);
                     if let Err(skipped) = self.drain_room() {
@@ -317,16 +362,16 @@ impl<S: Transport> Session<S> {
                 Wake::Mail => {
                     mail.set(mailbox.posted.notified());
                     for text in mailbox.take() {
-                        self.ws.get_mut().push_text(text.as_bytes());
+                        self.wire.push_text(text.as_bytes());
                         self.unflushed += 1;
                     }
                 }
                 Wake::Tick => {
                     if self.last_heard.elapsed() >= self.shared.config.idle_after() {
-                        self.close(CloseCode::GOING_AWAY, "idle timeout").await;
+                        self.close(GOING_AWAY, "idle timeout").await;
                         return Ended::Because("idle timeout".into());
                     }
-                    self.ws.get_mut().push_ping();
+                    self.wire.push_ping();
                     self.unflushed += 1;
                 }
             }
@@ -338,12 +383,8 @@ impl<S: Transport> Session<S> {
             }
             // Write now what this turn queued, if the socket takes it; what
             // it does not take is finished by the loop as the socket drains.
-            if self.ws.get_ref().has_pending() {
-                match poll_fn(|cx| {
-                    Poll::Ready(Sink::<Message>::poll_flush(Pin::new(&mut self.ws), cx))
-                })
-                .await
-                {
+            if self.wire.has_pending() {
+                match poll_fn(|cx| Poll::Ready(self.wire.poll_flush(cx))).await {
                     Poll::Ready(Ok(())) => self.unflushed = 0,
                     Poll::Ready(Err(err)) => return Ended::Because(err.to_string()),
                     Poll::Pending => {}
@@ -372,21 +413,46 @@ impl<S: Transport> Session<S> {
     async fn too_slow(&mut self, skipped: u64, shutdown: &CancellationToken) -> Ended {
         let behind = self.unflushed as u64 + skipped;
         self.leave();
-        let _ = Pin::new(&mut self.ws).start_send(Message::close(
-            Some(CloseCode::SERVICE_OVERLOAD),
-            "too slow",
-        ));
+        self.wire
+            .push_frame(&close_frame(TRY_AGAIN_LATER, "too slow"));
         tokio::select! {
-            _ = timeout(TOO_SLOW_GRACE, self.ws.close()) => {}
+            _ = timeout(TOO_SLOW_GRACE, self.close_handshake()) => {}
             () = shutdown.cancelled() => {}
         }
         Ended::Because(format!("too slow ({behind} messages behind)"))
     }
 
     /// Sends a close frame and waits (bounded) for the close handshake.
-    async fn close(&mut self, code: CloseCode, reason: &str) {
-        let _ = Pin::new(&mut self.ws).start_send(Message::close(Some(code), reason));
-        let _ = timeout(CLOSE_GRACE, self.ws.close()).await;
+    async fn close(&mut self, code: u16, reason: &str) {
+        self.wire.push_frame(&close_frame(code, reason));
+        let _ = timeout(CLOSE_GRACE, self.close_handshake()).await;
+    }
+
+    /// Writes what is queued (our close frame last), waits for the peer's
+    /// close frame (or for it to hang up), then hangs up.
+    async fn close_handshake(&mut self) {
+        if poll_fn(|cx| self.wire.poll_flush(cx)).await.is_err() {
+            return;
+        }
+        loop {
+            let event =
+                poll_fn(|cx| poll_socket(&mut self.wire, &mut self.reader, false, cx)).await;
+            match event {
+                SocketEvent::Incoming(Incoming::Close(_))
+                | SocketEvent::Eof
+                | SocketEvent::Violation(_)
+                | SocketEvent::Failed(_) => break,
+                SocketEvent::Incoming(_) | SocketEvent::Flushed => {}
+            }
+        }
+        let _ = poll_fn(|cx| self.wire.poll_shutdown(cx)).await;
+    }
+
+    /// Writes what is queued (a close frame last) and closes our side.
+    async fn hang_up(&mut self) {
+        if poll_fn(|cx| self.wire.poll_flush(cx)).await.is_ok() {
+            let _ = poll_fn(|cx| self.wire.poll_shutdown(cx)).await;
+        }
     }
 
     /// Removes the peer from the hub and tells its room (once).
@@ -401,15 +467,13 @@ impl<S: Transport> Session<S> {
     /// Queues an encoded frame shared with other connections; it is
     /// written at the next flush.
     fn queue(&mut self, frame: &Bytes) {
-        self.ws.get_mut().push_shared(frame);
+        self.wire.push_shared(frame);
         self.unflushed += 1;
     }
 
     /// Queues a frame meant for this connection only.
     fn reply(&mut self, frame: ServerFrame) {
-        self.ws
-            .get_mut()
-            .push_text(frame.render(self.mode).as_bytes());
+        self.wire.push_text(frame.render(self.mode).as_bytes());
         self.unflushed += 1;
     }
 
@@ -461,27 +525,29 @@ impl<S: Transport> Session<S> {
         }
     }
 
-    /// Handles one frame from the peer.
-    fn on_frame(&mut self, message: &Message) {
-        if let Some(text) = message.as_text() {
-            let parsed = match self.mode {
-                Mode::Plain => parse_plain(text),
-                Mode::Json => parse_json(text),
-            };
-            match parsed {
-                Ok(request) => self.handle(request),
-                Err(rejection) => self.reject(rejection, None),
+    /// Handles one message or control frame from the peer (not close).
+    fn on_incoming(&mut self, item: Incoming) {
+        match item {
+            Incoming::Text(text) => {
+                let parsed = match self.mode {
+                    Mode::Plain => parse_plain(&text),
+                    Mode::Json => parse_json(&text),
+                };
+                match parsed {
+                    Ok(request) => self.handle(request),
+                    Err(rejection) => self.reject(rejection, None),
+                }
             }
-        } else if message.is_binary() {
-            self.reject(
+            Incoming::Binary => self.reject(
                 Rejection::new(
                     ErrorCode::BinaryUnsupported,
                     "binary frames are not supported: send text",
                 ),
                 None,
-            );
+            ),
+            Incoming::Ping(payload) => self.wire.push_frame(&pong_frame(&payload)),
+            Incoming::Pong | Incoming::Close(_) => {}
         }
-        // Pings, pongs and close frames are answered by the library.
     }
 
     /// Carries out one request.

@@ -136,14 +136,14 @@ pub enum HandshakeError {
 /// (RFC 6455 4.1), so bytes past the head are a protocol violation; the
 /// request is then answered with 400.
 pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, HandshakeError> {
+    // Read straight into the heap buffer: a buffer on the stack here would
+    // live in every connection's task for as long as the connection does.
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
     loop {
-        let n = io.read(&mut chunk).await?;
+        let n = io.read_buf(&mut buf).await?;
         if n == 0 {
             return Err(HandshakeError::Eof);
         }
-        buf.extend_from_slice(&chunk[..n]);
         if buf.windows(4).any(|w| w == b"\r\n\r\n") {
             return Ok(buf);
         }

@@ -6,6 +6,7 @@
 
 pub mod bus;
 mod connection;
+pub mod frames;
 pub mod handshake;
 pub mod hub;
 pub mod wire;

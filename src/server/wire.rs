@@ -1,17 +1,14 @@
 //! The server's side of a socket: one ordered queue of outgoing bytes.
 //!
-//! tokio-websockets reads and checks every incoming frame and writes its own
-//! control replies (pong, close); everything else the server sends is encoded
-//! here and appended as bytes. A broadcast is encoded into a complete
-//! WebSocket frame once per protocol mode when it is published. A recipient
-//! gets a small frame as a copy appended to its queue (chat lines are small,
-//! and copying them is cheaper than keeping one buffer per frame) and a large
-//! one as a shared reference, so a peer that stops reading costs little
-//! memory before `--max-lag` closes it. Whatever has queued up goes out with
-//! one vectored write when the connection flushes.
-//!
-//! [`Wire`] sits under the `WebSocketStream`: the codec's writes land in the
-//! same queue (whole frames, in order), and its flush is the real write.
+//! Everything the server sends is encoded here and appended as bytes. A
+//! broadcast is encoded into a complete WebSocket frame once per protocol
+//! mode when it is published. A recipient gets a small frame as a copy
+//! appended to its queue (chat lines are small, and copying them is cheaper
+//! than keeping one buffer per frame) and a large one as a shared reference,
+//! so a peer that stops reading costs little memory before `--max-lag`
+//! closes it. Whatever has queued up goes out with one vectored write when
+//! the connection flushes, and the queue's memory is let go, so an idle
+//! connection holds none.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -164,90 +161,53 @@ pub fn text_frame(text: &[u8]) -> Bytes {
     frame.freeze()
 }
 
-impl<S: Transport> AsyncRead for Wire<S> {
-    /// Also moves queued bytes along: the codec expects waiting for the
-    /// peer (say, for its close reply) to send what it queued, and it
-    /// hands a frame over to this queue only once.
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl<S: Transport> Wire<S> {
+    /// Reads from the socket.
+    pub fn poll_read(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.has_pending() {
-            if let Poll::Ready(Err(err)) = self.as_mut().poll_flush(cx) {
-                return Poll::Ready(Err(err));
-            }
-        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
-}
 
-impl<S: Transport> AsyncWrite for Wire<S> {
-    /// Queues; never blocks. The session bounds the queue (`--max-lag`).
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.push_frame(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let total = bufs.iter().map(|b| b.len()).sum();
-        self.reserve(total);
-        for buf in bufs {
-            self.tail.extend_from_slice(buf);
-        }
-        Poll::Ready(Ok(total))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    /// Writes everything queued, then lets go of the buffers so an idle
-    /// connection holds none.
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        this.seal();
-        while !this.chunks.is_empty() {
+    /// Writes everything queued, then lets go of the buffers.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.seal();
+        while !self.chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut count = 0;
-            for (index, chunk) in this.chunks.iter().take(MAX_SLICES).enumerate() {
-                let skip = if index == 0 { this.sent } else { 0 };
+            for (index, chunk) in self.chunks.iter().take(MAX_SLICES).enumerate() {
+                let skip = if index == 0 { self.sent } else { 0 };
                 slices[index] = IoSlice::new(&chunk[skip..]);
                 count += 1;
             }
-            let mut n = ready!(this.io.poll_send(cx, &slices[..count]))?;
+            let mut n = ready!(self.io.poll_send(cx, &slices[..count]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             while n > 0 {
-                let Some(front) = this.chunks.front_mut() else {
+                let Some(front) = self.chunks.front() else {
                     break;
                 };
-                let left = front.len() - this.sent;
+                let left = front.len() - self.sent;
                 if n < left {
-                    this.sent += n;
+                    self.sent += n;
                     break;
                 }
                 n -= left;
-                this.sent = 0;
-                this.chunks.pop_front();
+                self.sent = 0;
+                self.chunks.pop_front();
             }
         }
-        this.tail = BytesMut::new();
-        this.chunks = VecDeque::new();
-        Pin::new(&mut this.io).poll_flush(cx)
+        self.tail = BytesMut::new();
+        self.chunks = VecDeque::new();
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.as_mut().poll_flush(cx))?;
+    /// Writes everything queued, then closes the sending side.
+    pub fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_flush(cx))?;
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -1,0 +1,252 @@
+//! Incoming WebSocket frames (RFC 6455, client to server), checked and put
+//! together into messages.
+//!
+//! The server reads with a buffer on the stack and parses frames straight
+//! out of it; only the start of a frame that has not fully arrived is kept,
+//! so a connection between messages holds no read buffer at all (a codec
+//! with its own buffer would keep several KiB per connection for ever).
+//! Everything a client may get wrong ends the connection with the close
+//! code the RFC asks for: 1002 for a broken frame, 1007 for text that is not
+//! UTF-8, 1009 for a frame or message over `--max-frame-bytes`.
+
+use std::collections::VecDeque;
+
+/// One complete thing the peer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Text(String),
+    Binary,
+    /// A ping, with the payload its pong must carry.
+    Ping(Vec<u8>),
+    Pong,
+    /// A close frame, with its code and reason if it had one.
+    Close(Option<(u16, String)>),
+}
+
+/// Why the peer's input cannot be read any further.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("frame or message of {0} bytes is over the limit")]
+    TooBig(u64),
+    #[error("text is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+impl Violation {
+    /// The close code that answers it.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Violation::Protocol(_) => 1002,
+            Violation::TooBig(_) => 1009,
+            Violation::InvalidUtf8 => 1007,
+        }
+    }
+}
+
+const CONTINUATION: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xa;
+
+/// Parses the frames of one connection as its bytes arrive.
+#[derive(Debug)]
+pub struct FrameReader {
+    /// Largest frame payload, and largest message, accepted.
+    max_bytes: usize,
+    /// The start of a frame that has not fully arrived.
+    partial: Vec<u8>,
+    /// A fragmented message being put together: whether it is text, and its bytes.
+    message: Option<(bool, Vec<u8>)>,
+    /// Parsed and not yet taken.
+    ready: VecDeque<Incoming>,
+}
+
+impl FrameReader {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            partial: Vec::new(),
+            message: None,
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// The next parsed item, if any.
+    pub fn take(&mut self) -> Option<Incoming> {
+        let item = self.ready.pop_front();
+        if self.ready.is_empty() && self.ready.capacity() > 0 {
+            // Nothing waits: give the memory back.
+            self.ready = VecDeque::new();
+        }
+        item
+    }
+
+    /// Takes bytes as they arrived and parses every whole frame in them.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), Violation> {
+        if self.partial.is_empty() {
+            let used = self.parse(data)?;
+            self.partial.extend_from_slice(&data[used..]);
+        } else {
+            let mut joined = std::mem::take(&mut self.partial);
+            joined.extend_from_slice(data);
+            let used = self.parse(&joined)?;
+            if used < joined.len() {
+                joined.drain(..used);
+                self.partial = joined;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses whole frames off the front of `data`; returns the bytes used.
+    fn parse(&mut self, data: &[u8]) -> Result<usize, Violation> {
+        let mut at = 0;
+        while let Some(used) = self.frame(&data[at..])? {
+            at += used;
+        }
+        Ok(at)
+    }
+
+    /// Parses one frame if it has fully arrived; returns its length.
+    fn frame(&mut self, data: &[u8]) -> Result<Option<usize>, Violation> {
+        let [first, second, ..] = *data else {
+            return Ok(None);
+        };
+        let fin = first & 0x80 != 0;
+        if first & 0x70 != 0 {
+            return Err(Violation::Protocol("reserved bits set"));
+        }
+        let opcode = first & 0x0f;
+        let control = opcode >= CLOSE;
+        if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
+            return Err(Violation::Protocol("reserved opcode"));
+        }
+        if second & 0x80 == 0 {
+            return Err(Violation::Protocol("client frames must be masked"));
+        }
+        let (len, header) = match second & 0x7f {
+            126 => match data.get(2..4) {
+                Some(bytes) => (u64::from(u16::from_be_bytes([bytes[0], bytes[1]])), 4),
+                None => return Ok(None),
+            },
+            127 => match data.get(2..10) {
+                Some(bytes) => {
+                    let mut len = [0u8; 8];
+                    len.copy_from_slice(bytes);
+                    (u64::from_be_bytes(len), 10)
+                }
+                None => return Ok(None),
+            },
+            len => (u64::from(len), 2),
+        };
+        if control && (!fin || len > 125) {
+            return Err(Violation::Protocol(
+                "control frames must be whole and short",
+            ));
+        }
+        let buffered = self
+            .message
+            .as_ref()
+            .map_or(0, |(_, bytes)| bytes.len() as u64);
+        if len > self.max_bytes as u64 || buffered + len > self.max_bytes as u64 {
+            return Err(Violation::TooBig(buffered + len));
+        }
+        let len = len as usize;
+        let Some(frame) = data.get(header..header + 4 + len) else {
+            return Ok(None);
+        };
+        let (mask, masked) = frame.split_at(4);
+        let payload: Vec<u8> = masked
+            .iter()
+            .zip(mask.iter().cycle())
+            .map(|(byte, key)| byte ^ key)
+            .collect();
+        self.take_frame(opcode, fin, payload)?;
+        Ok(Some(header + 4 + len))
+    }
+
+    fn take_frame(&mut self, opcode: u8, fin: bool, payload: Vec<u8>) -> Result<(), Violation> {
+        match opcode {
+            PING => self.ready.push_back(Incoming::Ping(payload)),
+            PONG => self.ready.push_back(Incoming::Pong),
+            CLOSE => self
+                .ready
+                .push_back(Incoming::Close(close_payload(&payload)?)),
+            CONTINUATION => {
+                let Some((_, bytes)) = &mut self.message else {
+                    return Err(Violation::Protocol("continuation without a message"));
+                };
+                bytes.extend_from_slice(&payload);
+                if fin {
+                    let (text, bytes) = self.message.take().unwrap_or_default();
+                    self.finish(text, bytes)?;
+                }
+            }
+            _ => {
+                if self.message.is_some() {
+                    return Err(Violation::Protocol("new message inside a fragmented one"));
+                }
+                if fin {
+                    self.finish(opcode == TEXT, payload)?;
+                } else {
+                    self.message = Some((opcode == TEXT, payload));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, text: bool, bytes: Vec<u8>) -> Result<(), Violation> {
+        let item = if text {
+            Incoming::Text(String::from_utf8(bytes).map_err(|_| Violation::InvalidUtf8)?)
+        } else {
+            Incoming::Binary
+        };
+        self.ready.push_back(item);
+        Ok(())
+    }
+}
+
+/// Checks a close frame's payload: empty, or a code a peer may send plus UTF-8.
+fn close_payload(payload: &[u8]) -> Result<Option<(u16, String)>, Violation> {
+    let (code, reason) = match payload {
+        [] => return Ok(None),
+        [_] => return Err(Violation::Protocol("close frame of one byte")),
+        [high, low, reason @ ..] => (u16::from_be_bytes([*high, *low]), reason),
+    };
+    let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !allowed {
+        return Err(Violation::Protocol("close code not allowed on the wire"));
+    }
+    let reason = std::str::from_utf8(reason).map_err(|_| Violation::InvalidUtf8)?;
+    Ok(Some((code, reason.to_owned())))
+}
+
+/// A close frame the server sends (unmasked).
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    // Control frames carry at most 125 bytes: the code plus 123 of reason.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    frame.push(0x80 | CLOSE);
+    frame.push(2 + reason.len() as u8);
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
+}
+
+/// A pong answering a ping's payload (unmasked).
+pub fn pong_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(2 + payload.len());
+    frame.push(0x80 | PONG);
+    frame.push(payload.len() as u8);
+    frame.extend_from_slice(payload);
+    frame
+}
