@@ -243,6 +243,42 @@ async fn a_reader_that_never_reads_is_closed_1013_and_slows_nobody() {
 }
 
 #[tokio::test]
+async fn a_peer_that_pings_and_never_reads_is_closed_1013() {
+    let server = TestServer::with(|c| c.max_lag = 8).await;
+    let mut peer = raw_plain_peer(server.addr).await;
+    // Masked pings with 100-byte payloads, many per write, until far more
+    // pongs are owed than the socket buffers hold (the peer reads nothing).
+    let mut ping = vec![0x89, 0x80 | 100, 1, 2, 3, 4];
+    ping.extend(
+        (0..100u8)
+            .zip([1u8, 2, 3, 4].iter().cycle())
+            .map(|(b, m)| b ^ m),
+    );
+    let batch = ping.repeat(1000);
+    for _ in 0..100 {
+        if peer.write_all(&batch).await.is_err() {
+            break;
+        }
+    }
+    // Reading now: pongs, then the 1013 close frame behind them.
+    let close: &[u8] = b"\x88\x0a\x03\xf5too slow";
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while !bytes.ends_with(close) {
+        let n = within("the 1013 close frame", peer.read(&mut chunk))
+            .await
+            .expect("read");
+        assert_ne!(n, 0, "connection ended without a 1013 close frame");
+        bytes.extend_from_slice(&chunk[..n]);
+        // Keep only a tail: the pongs before it do not matter.
+        if bytes.len() > 64 {
+            bytes.drain(..bytes.len() - 64);
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_sends_1001_to_everyone() {
     let server = TestServer::start().await;
     let url = server.url();

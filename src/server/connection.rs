@@ -429,20 +429,18 @@ impl<S: Transport> Session<S> {
     }
 
     /// Writes what is queued (our close frame last), waits for the peer's
-    /// close frame (or for it to hang up), then hangs up.
+    /// close frame (or for it to hang up), then hangs up. The peer is read
+    /// all along, so one that writes without reading cannot stall it.
     async fn close_handshake(&mut self) {
-        if poll_fn(|cx| self.wire.poll_flush(cx)).await.is_err() {
-            return;
-        }
+        let mut flushed = false;
         loop {
             let event =
-                poll_fn(|cx| poll_socket(&mut self.wire, &mut self.reader, false, cx)).await;
+                poll_fn(|cx| poll_socket(&mut self.wire, &mut self.reader, !flushed, cx)).await;
             match event {
-                SocketEvent::Incoming(Incoming::Close(_))
-                | SocketEvent::Eof
-                | SocketEvent::Violation(_)
-                | SocketEvent::Failed(_) => break,
-                SocketEvent::Incoming(_) | SocketEvent::Flushed => {}
+                SocketEvent::Flushed => flushed = true,
+                SocketEvent::Incoming(Incoming::Close(_)) | SocketEvent::Eof => break,
+                SocketEvent::Violation(_) | SocketEvent::Failed(_) => return,
+                SocketEvent::Incoming(_) => {}
             }
         }
         let _ = poll_fn(|cx| self.wire.poll_shutdown(cx)).await;
@@ -545,7 +543,12 @@ impl<S: Transport> Session<S> {
                 ),
                 None,
             ),
-            Incoming::Ping(payload) => self.wire.push_frame(&pong_frame(&payload)),
+            Incoming::Ping(payload) => {
+                // Counted like any other frame, so a peer that pings and
+                // never reads is closed as too slow rather than piling up pongs.
+                self.wire.push_frame(&pong_frame(&payload));
+                self.unflushed += 1;
+            }
             Incoming::Pong | Incoming::Close(_) => {}
         }
     }
