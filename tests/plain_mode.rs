@@ -170,6 +170,24 @@ async fn raw_plain_peer(addr: std::net::SocketAddr) -> TcpStream {
     stream
 }
 
+/// Reads a raw connection until it ends with the 1013 "too slow" close frame.
+async fn read_until_too_slow(stream: &mut TcpStream) {
+    let close: &[u8] = b"\x88\x0a\x03\xf5too slow";
+    let mut tail = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while !tail.ends_with(close) {
+        let n = within("the 1013 close frame", stream.read(&mut chunk))
+            .await
+            .expect("read");
+        assert_ne!(n, 0, "connection ended without a 1013 close frame");
+        tail.extend_from_slice(&chunk[..n]);
+        // Only the end matters: keep what could hold the close frame.
+        if tail.len() > 64 {
+            tail.drain(..tail.len() - 64);
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_reader_that_never_reads_is_closed_1013_and_slows_nobody() {
     const MESSAGES: usize = 400;
@@ -229,16 +247,7 @@ async fn a_reader_that_never_reads_is_closed_1013_and_slows_nobody() {
     .await;
 
     // Now the stalled peer reads: whatever was queued, then a 1013 close frame.
-    let close: &[u8] = b"\x88\x0a\x03\xf5too slow";
-    let mut bytes = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    while !bytes.ends_with(close) {
-        let n = within("the 1013 close frame", stalled.read(&mut chunk))
-            .await
-            .expect("read");
-        assert_ne!(n, 0, "connection ended without a 1013 close frame");
-        bytes.extend_from_slice(&chunk[..n]);
-    }
+    read_until_too_slow(&mut stalled).await;
     server.stop().await;
 }
 
@@ -261,20 +270,7 @@ async fn a_peer_that_pings_and_never_reads_is_closed_1013() {
         }
     }
     // Reading now: pongs, then the 1013 close frame behind them.
-    let close: &[u8] = b"\x88\x0a\x03\xf5too slow";
-    let mut bytes = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    while !bytes.ends_with(close) {
-        let n = within("the 1013 close frame", peer.read(&mut chunk))
-            .await
-            .expect("read");
-        assert_ne!(n, 0, "connection ended without a 1013 close frame");
-        bytes.extend_from_slice(&chunk[..n]);
-        // Keep only a tail: the pongs before it do not matter.
-        if bytes.len() > 64 {
-            bytes.drain(..bytes.len() - 64);
-        }
-    }
+    read_until_too_slow(&mut peer).await;
     server.stop().await;
 }
 
