@@ -27,7 +27,7 @@ use tracing::{debug, info};
 
 use super::Shared;
 use super::bus::{ConnId, Delivery, Replay, Room};
-use super::frames::{FrameReader, Incoming, Violation, close_frame, pong_frame};
+use super::frames::{FrameReader, Incoming, Violation};
 use super::handshake::{self, Decision};
 use super::hub::{Mailbox, Member};
 use super::wire::{Transport, Wire};
@@ -322,11 +322,7 @@ impl<S: Transport> Session<S> {
                     if let Incoming::Close(code) = item {
                         // Echo the peer's code, then hang up (the server
                         // closes the TCP connection first, as RFC 6455 asks).
-                        let reply = match code {
-                            Some((code, _)) => close_frame(code, ""),
-                            None => vec![0x88, 0x00],
-                        };
-                        self.wire.push_frame(&reply);
+                        self.wire.push_close(code.map(|(code, _)| code), "");
                         let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
                         return Ended::Clean;
                     }
@@ -340,8 +336,7 @@ impl<S: Transport> Session<S> {
                 Wake::Socket(SocketEvent::Eof) => return Ended::Clean,
                 Wake::Socket(SocketEvent::Violation(violation)) => {
                     let reason = violation.to_string();
-                    self.wire
-                        .push_frame(&close_frame(violation.close_code(), &reason));
+                    self.wire.push_close(Some(violation.close_code()), &reason);
                     let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
                     return Ended::Because(reason);
                 }
@@ -413,8 +408,7 @@ impl<S: Transport> Session<S> {
     async fn too_slow(&mut self, skipped: u64, shutdown: &CancellationToken) -> Ended {
         let behind = self.unflushed as u64 + skipped;
         self.leave();
-        self.wire
-            .push_frame(&close_frame(TRY_AGAIN_LATER, "too slow"));
+        self.wire.push_close(Some(TRY_AGAIN_LATER), "too slow");
         tokio::select! {
             _ = timeout(TOO_SLOW_GRACE, self.close_handshake()) => {}
             () = shutdown.cancelled() => {}
@@ -424,7 +418,7 @@ impl<S: Transport> Session<S> {
 
     /// Sends a close frame and waits (bounded) for the close handshake.
     async fn close(&mut self, code: u16, reason: &str) {
-        self.wire.push_frame(&close_frame(code, reason));
+        self.wire.push_close(Some(code), reason);
         let _ = timeout(CLOSE_GRACE, self.close_handshake()).await;
     }
 
@@ -546,7 +540,7 @@ impl<S: Transport> Session<S> {
             Incoming::Ping(payload) => {
                 // Counted like any other frame, so a peer that pings and
                 // never reads is closed as too slow rather than piling up pongs.
-                self.wire.push_frame(&pong_frame(&payload));
+                self.wire.push_pong(&payload);
                 self.unflushed += 1;
             }
             Incoming::Pong | Incoming::Close(_) => {}

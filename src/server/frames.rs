@@ -225,28 +225,3 @@ fn close_payload(payload: &[u8]) -> Result<Option<(u16, String)>, Violation> {
     let reason = std::str::from_utf8(reason).map_err(|_| Violation::InvalidUtf8)?;
     Ok(Some((code, reason.to_owned())))
 }
-
-/// A close frame the server sends (unmasked).
-pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
-    // Control frames carry at most 125 bytes: the code plus 123 of reason.
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let reason = &reason.as_bytes()[..end];
-    let mut frame = Vec::with_capacity(4 + reason.len());
-    frame.push(0x80 | CLOSE);
-    frame.push(2 + reason.len() as u8);
-    frame.extend_from_slice(&code.to_be_bytes());
-    frame.extend_from_slice(reason);
-    frame
-}
-
-/// A pong answering a ping's payload (unmasked).
-pub fn pong_frame(payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(2 + payload.len());
-    frame.push(0x80 | PONG);
-    frame.push(payload.len() as u8);
-    frame.extend_from_slice(payload);
-    frame
-}

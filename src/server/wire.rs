@@ -28,7 +28,9 @@ const MAX_SLICES: usize = 64;
 
 /// Opcodes of the frames the server encodes itself.
 const TEXT: u8 = 0x1;
+const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
+const PONG: u8 = 0xa;
 
 /// A connected stream the server can send batches of bytes on.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin {
@@ -89,7 +91,7 @@ impl<S> Wire<S> {
     }
 
     /// Queues bytes that are one or more whole frames.
-    pub fn push_frame(&mut self, frame: &[u8]) {
+    fn push_frame(&mut self, frame: &[u8]) {
         self.reserve(frame.len());
         self.tail.extend_from_slice(frame);
     }
@@ -112,7 +114,34 @@ impl<S> Wire<S> {
 
     /// Queues an empty ping frame.
     pub fn push_ping(&mut self) {
-        self.push_frame(&[0x80 | PING, 0]);
+        self.push_control(PING, &[]);
+    }
+
+    /// Queues a pong answering a ping's payload (at most 125 bytes).
+    pub fn push_pong(&mut self, payload: &[u8]) {
+        self.push_control(PONG, payload);
+    }
+
+    /// Queues a close frame: with a code and as much of `reason` as fits,
+    /// or empty without a code.
+    pub fn push_close(&mut self, code: Option<u16>, reason: &str) {
+        let Some(code) = code else {
+            return self.push_control(CLOSE, &[]);
+        };
+        // Control frames carry at most 125 bytes: the code plus 123 of reason.
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(&reason.as_bytes()[..end]);
+        self.push_control(CLOSE, &payload);
+    }
+
+    fn push_control(&mut self, opcode: u8, payload: &[u8]) {
+        self.reserve(payload.len() + 2);
+        put_header(&mut self.tail, opcode, payload.len());
+        self.tail.extend_from_slice(payload);
     }
 
     /// Whether anything waits to be written.
@@ -215,6 +244,23 @@ impl<S: Transport> Wire<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_frames_fit_in_a_control_frame() {
+        let mut wire = Wire::new(());
+        wire.push_close(Some(1013), "too slow");
+        wire.push_close(None, "");
+        // 200 bytes of reason: cut to what fits, on a character boundary.
+        wire.push_close(Some(1002), &"é".repeat(100));
+        let bytes = &wire.tail[..];
+        assert_eq!(&bytes[..12], b"\x88\x0a\x03\xf5too slow");
+        assert_eq!(&bytes[12..14], b"\x88\x00");
+        assert_eq!(&bytes[14..18], &[0x88, 2 + 122, 0x03, 0xea]);
+        assert_eq!(
+            std::str::from_utf8(&bytes[18..]),
+            Ok("é".repeat(61).as_str())
+        );
+    }
 
     #[test]
     fn headers_use_the_shortest_length_form() {
