@@ -45,12 +45,17 @@ impl Violation {
     }
 }
 
-const CONTINUATION: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xa;
+/// Frame opcodes (RFC 6455, section 5.2), for both directions.
+pub mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xa;
+}
+
+use opcode::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
 
 /// Parses the frames of one connection as its bytes arrive.
 #[derive(Debug)]

@@ -19,18 +19,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::frames::opcode::{CLOSE, PING, PONG, TEXT};
+
 /// The first allocation for small frames: enough for a few dozen chat lines.
 const FIRST_CAPACITY: usize = 4096;
 /// Frames up to this size are copied; larger ones are shared.
 const COPY_MAX: usize = 512;
 /// Most buffers handed to one vectored write.
 const MAX_SLICES: usize = 64;
-
-/// Opcodes of the frames the server encodes itself.
-const TEXT: u8 = 0x1;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xa;
 
 /// A connected stream the server can send batches of bytes on.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin {
