@@ -188,8 +188,6 @@ struct Session<S> {
     room: Arc<Room>,
     live: broadcast::Receiver<Arc<Delivery>>,
     mailbox: Arc<Mailbox>,
-    /// Frames queued since the wire last flushed completely.
-    unflushed: usize,
     last_heard: Instant,
     /// Set once the peer has been removed from the hub and its room.
     left: bool,
@@ -234,7 +232,6 @@ impl<S: Transport> Session<S> {
             room,
             live: sub.live,
             mailbox,
-            unflushed: 0,
             last_heard: Instant::now(),
             left: false,
             bucket,
@@ -341,7 +338,7 @@ impl<S: Transport> Session<S> {
                     return Ended::Because(reason);
                 }
                 Wake::Socket(SocketEvent::Failed(err)) => return Ended::Because(err.to_string()),
-                Wake::Socket(SocketEvent::Flushed) => self.unflushed = 0,
+                Wake::Socket(SocketEvent::Flushed) => {}
                 Wake::Room(Ok(delivery)) => {
                     self.deliver(&delivery);
                     if let Err(skipped) = self.drain_room() {
@@ -358,7 +355,6 @@ impl<S: Transport> Session<S> {
                     mail.set(mailbox.posted.notified());
                     for text in mailbox.take() {
                         self.wire.push_text(text.as_bytes());
-                        self.unflushed += 1;
                     }
                 }
                 Wake::Tick => {
@@ -367,22 +363,20 @@ impl<S: Transport> Session<S> {
                         return Ended::Because("idle timeout".into());
                     }
                     self.wire.push_ping();
-                    self.unflushed += 1;
                 }
             }
             if let Some(skipped) = self.lagged.take() {
                 return self.too_slow(skipped, shutdown).await;
             }
-            if self.unflushed > self.shared.config.max_lag {
+            if self.wire.queued() > self.shared.config.max_lag {
                 return self.too_slow(0, shutdown).await;
             }
             // Write now what this turn queued, if the socket takes it; what
             // it does not take is finished by the loop as the socket drains.
             if self.wire.has_pending() {
-                match poll_fn(|cx| Poll::Ready(self.wire.poll_flush(cx))).await {
-                    Poll::Ready(Ok(())) => self.unflushed = 0,
-                    Poll::Ready(Err(err)) => return Ended::Because(err.to_string()),
-                    Poll::Pending => {}
+                let flushed = poll_fn(|cx| Poll::Ready(self.wire.poll_flush(cx))).await;
+                if let Poll::Ready(Err(err)) = flushed {
+                    return Ended::Because(err.to_string());
                 }
             }
         }
@@ -406,7 +400,7 @@ impl<S: Transport> Session<S> {
     /// The peer leaves its room at once; the close frame queues behind what
     /// the peer has not read yet, so it gets a longer grace to arrive.
     async fn too_slow(&mut self, skipped: u64, shutdown: &CancellationToken) -> Ended {
-        let behind = self.unflushed as u64 + skipped;
+        let behind = self.wire.queued() as u64 + skipped;
         self.leave();
         self.wire.push_close(Some(TRY_AGAIN_LATER), "too slow");
         tokio::select! {
@@ -460,13 +454,11 @@ impl<S: Transport> Session<S> {
     /// written at the next flush.
     fn queue(&mut self, frame: &Bytes) {
         self.wire.push_shared(frame);
-        self.unflushed += 1;
     }
 
     /// Queues a frame meant for this connection only.
     fn reply(&mut self, frame: ServerFrame) {
         self.wire.push_text(frame.render(self.mode).as_bytes());
-        self.unflushed += 1;
     }
 
     fn reject(&mut self, rejection: Rejection, cid: Option<String>) {
@@ -537,12 +529,9 @@ impl<S: Transport> Session<S> {
                 ),
                 None,
             ),
-            Incoming::Ping(payload) => {
-                // Counted like any other frame, so a peer that pings and
-                // never reads is closed as too slow rather than piling up pongs.
-                self.wire.push_pong(&payload);
-                self.unflushed += 1;
-            }
+            // A pong counts against --max-lag like any other frame, so a peer
+            // that pings and never reads is closed rather than piling them up.
+            Incoming::Ping(payload) => self.wire.push_pong(&payload),
             Incoming::Pong | Incoming::Close(_) => {}
         }
     }

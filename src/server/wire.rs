@@ -73,6 +73,8 @@ pub struct Wire<S> {
     sent: usize,
     /// Small frames copied together, to become one chunk.
     tail: BytesMut,
+    /// Frames queued since the queue was last written out completely.
+    queued: usize,
 }
 
 impl<S> Wire<S> {
@@ -83,6 +85,7 @@ impl<S> Wire<S> {
             chunks: VecDeque::new(),
             sent: 0,
             tail: BytesMut::new(),
+            queued: 0,
         }
     }
 
@@ -90,6 +93,7 @@ impl<S> Wire<S> {
     fn push_frame(&mut self, frame: &[u8]) {
         self.reserve(frame.len());
         self.tail.extend_from_slice(frame);
+        self.queued += 1;
     }
 
     /// Queues a whole frame shared with other connections.
@@ -99,6 +103,7 @@ impl<S> Wire<S> {
         }
         self.seal();
         self.chunks.push_back(frame.clone());
+        self.queued += 1;
     }
 
     /// Queues a text frame carrying `text`.
@@ -106,6 +111,7 @@ impl<S> Wire<S> {
         self.reserve(text.len() + MAX_HEADER);
         put_header(&mut self.tail, TEXT, text.len());
         self.tail.extend_from_slice(text);
+        self.queued += 1;
     }
 
     /// Queues an empty ping frame.
@@ -138,11 +144,18 @@ impl<S> Wire<S> {
         self.reserve(payload.len() + 2);
         put_header(&mut self.tail, opcode, payload.len());
         self.tail.extend_from_slice(payload);
+        self.queued += 1;
     }
 
     /// Whether anything waits to be written.
     pub fn has_pending(&self) -> bool {
         !self.tail.is_empty() || !self.chunks.is_empty()
+    }
+
+    /// Frames queued since the queue was last written out completely: how
+    /// far behind the peer is, for `--max-lag`.
+    pub fn queued(&self) -> usize {
+        self.queued
     }
 
     fn reserve(&mut self, more: usize) {
@@ -227,6 +240,7 @@ impl<S: Transport> Wire<S> {
         }
         self.tail = BytesMut::new();
         self.chunks = VecDeque::new();
+        self.queued = 0;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
