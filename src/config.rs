@@ -1,9 +1,44 @@
-//! Command-line flags of both binaries (clap derive; the doc comments are the help).
+//! Settings of both binaries: the command-line flags (clap derive; the doc
+//! comments are the help) and the plain structs the library takes.
+//!
+//! [`ServerArgs`] is what the `server` binary parses; [`ServerConfig`] is what
+//! [`crate::server::run`] needs, with a [`Default`] that matches the flags'
+//! defaults (both read the constants in [`defaults`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+/// The default of every server setting, shared by the flags and [`ServerConfig::default`].
+pub mod defaults {
+    /// `--history`
+    pub const HISTORY: usize = 1000;
+    /// `--history-on-join`
+    pub const HISTORY_ON_JOIN: usize = 20;
+    /// `--max-message-bytes`
+    pub const MAX_MESSAGE_BYTES: usize = 4096;
+    /// `--max-frame-bytes`
+    pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+    /// `--max-lag`
+    pub const MAX_LAG: usize = 1024;
+    /// `--max-connections`
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// `--ping-interval`
+    pub const PING_INTERVAL: u64 = 30;
+    /// `--idle-timeout`
+    pub const IDLE_TIMEOUT: u64 = 90;
+    /// `--handshake-timeout`
+    pub const HANDSHAKE_TIMEOUT: u64 = 10;
+    /// `--announce-limit`
+    pub const ANNOUNCE_LIMIT: usize = 200;
+    /// `--rate`
+    pub const RATE: u32 = 20;
+    /// `--rate-burst`
+    pub const RATE_BURST: u32 = 10;
+    /// `--retain`
+    pub const RETAIN: u64 = 100_000;
+}
 
 /// `server`: the wschat chat server.
 #[derive(Debug, Clone, Parser)]
@@ -12,7 +47,7 @@ use clap::Parser;
     version,
     about = "wschat: a self-hostable group chat over WebSocket"
 )]
-pub struct ServerConfig {
+pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, env = "WSCHAT_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -32,53 +67,53 @@ pub struct ServerConfig {
     pub threads: usize,
 
     /// Messages each room keeps in memory.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = defaults::HISTORY)]
     pub history: usize,
 
     /// Messages replayed to a connection when it enters a room.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = defaults::HISTORY_ON_JOIN)]
     pub history_on_join: usize,
 
     /// Longest message text, in bytes.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = defaults::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     /// Largest WebSocket frame accepted, in bytes; a larger one closes with 1009.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = defaults::MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
 
     /// Messages that may wait for one slow connection before it is closed with 1013.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = defaults::MAX_LAG)]
     pub max_lag: usize,
 
     /// Concurrent connections; further handshakes get HTTP 503.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// Seconds between pings to each peer.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = defaults::PING_INTERVAL)]
     pub ping_interval: u64,
 
     /// Seconds of silence after which a peer is dropped.
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = defaults::IDLE_TIMEOUT)]
     pub idle_timeout: u64,
 
     /// Seconds a peer has to complete its handshake.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = defaults::HANDSHAKE_TIMEOUT)]
     pub handshake_timeout: u64,
 
     /// Announce joins, leaves and renames only while a room has at most this
     /// many members (a connect storm would otherwise send everyone a notice
     /// per arrival); the connection concerned is always told.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = defaults::ANNOUNCE_LIMIT)]
     pub announce_limit: usize,
 
     /// Messages allowed per connection per 10 seconds, on average (0: no limit).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = defaults::RATE)]
     pub rate: u32,
 
     /// Messages a connection may send at once before the rate applies.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = defaults::RATE_BURST)]
     pub rate_burst: u32,
 
     /// Require this secret at the handshake (`Authorization: Bearer` or `?token=`).
@@ -97,14 +132,132 @@ pub struct ServerConfig {
     /// `https://chat.example.org`.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
+
+    /// Keep history in this SQLite file (created if missing), so it survives
+    /// restarts. Without it, history is kept in memory.
+    #[arg(long, env = "WSCHAT_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// Messages kept per room in the --db file; older ones are pruned in the background.
+    #[arg(long, default_value_t = defaults::RETAIN, value_name = "N")]
+    pub retain: u64,
+
+    /// How hard --db pushes each commit to the disk: `normal` survives a
+    /// crash or kill -9 of the server, `full` also a power loss.
+    #[arg(long, value_enum, default_value_t = DbSync::Normal)]
+    pub db_sync: DbSync,
+}
+
+/// How hard the SQLite history pushes each commit to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DbSync {
+    /// `synchronous=NORMAL` in WAL mode: a commit is in the operating
+    /// system's hands, so it survives the server crashing or being killed,
+    /// not a power loss.
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced before it is
+    /// acknowledged, so it survives a power loss where the disk honours fsync.
+    Full,
+}
+
+impl ServerArgs {
+    /// The library settings these flags ask for.
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig {
+            history: self.history,
+            history_on_join: self.history_on_join,
+            max_message_bytes: self.max_message_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            max_lag: self.max_lag,
+            max_connections: self.max_connections,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            handshake_timeout: self.handshake_timeout,
+            announce_limit: self.announce_limit,
+            rate: self.rate,
+            rate_burst: self.rate_burst,
+            token: self.token.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            db: self.db.clone(),
+            retain: self.retain,
+            db_sync: self.db_sync,
+        }
+    }
+}
+
+/// What [`crate::server::run`] needs to know; each field is the flag of the
+/// same name (see [`ServerArgs`] for what it means).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Messages each room keeps in memory (in-memory history).
+    pub history: usize,
+    /// Messages replayed to a connection when it enters a room.
+    pub history_on_join: usize,
+    /// Longest message text, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest WebSocket frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Messages that may wait for one slow connection.
+    pub max_lag: usize,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Seconds between pings.
+    pub ping_interval: u64,
+    /// Seconds of silence after which a peer is dropped.
+    pub idle_timeout: u64,
+    /// Seconds a peer has to complete its handshake.
+    pub handshake_timeout: u64,
+    /// Room size up to which joins, leaves and renames are announced.
+    pub announce_limit: usize,
+    /// Messages per connection per 10 seconds (0: no limit).
+    pub rate: u32,
+    /// Messages a connection may send at once.
+    pub rate_burst: u32,
+    /// The secret a handshake must carry.
+    pub token: Option<String>,
+    /// Certificate chain for wss://.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key for wss://.
+    pub tls_key: Option<PathBuf>,
+    /// Browser origins allowed besides the server's own.
+    pub allowed_origins: Vec<String>,
+    /// The SQLite history file; `None` keeps history in memory.
+    pub db: Option<PathBuf>,
+    /// Messages kept per room in the SQLite history.
+    pub retain: u64,
+    /// Durability of each SQLite commit.
+    pub db_sync: DbSync,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            history: defaults::HISTORY,
+            history_on_join: defaults::HISTORY_ON_JOIN,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            max_frame_bytes: defaults::MAX_FRAME_BYTES,
+            max_lag: defaults::MAX_LAG,
+            max_connections: defaults::MAX_CONNECTIONS,
+            ping_interval: defaults::PING_INTERVAL,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
+            announce_limit: defaults::ANNOUNCE_LIMIT,
+            rate: defaults::RATE,
+            rate_burst: defaults::RATE_BURST,
+            token: None,
+            tls_cert: None,
+            tls_key: None,
+            allowed_origins: Vec::new(),
+            db: None,
+            retain: defaults::RETAIN,
+            db_sync: DbSync::Normal,
+        }
+    }
 }
 
 impl ServerConfig {
-    /// The defaults, as if started with no flags (for tests and embedding).
-    pub fn defaults() -> Self {
-        Self::parse_from(["server"])
-    }
-
     /// Ping period.
     pub fn ping_every(&self) -> Duration {
         Duration::from_secs(self.ping_interval.max(1))

@@ -1,21 +1,36 @@
-//! The crate's error type.
+//! The crate's error type, and how an error is told to a person.
 
 use std::io;
+use std::path::PathBuf;
 
 /// Everything that can go wrong in the library, with lowercase messages.
+/// Each variant keeps its cause as its `source()`; [`report`] prints the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server could not bind its address.
-    #[error("cannot listen on {addr}: {reason}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// What was asked for.
         addr: String,
-        /// Why it failed, in words.
-        reason: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
     },
     /// A certificate or key that cannot be used.
     #[error("{0}")]
     Tls(String),
+    /// The history database cannot be opened or used.
+    #[error("cannot use history database {}", path.display())]
+    Database {
+        /// The file given with `--db`.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::server::history::HistoryError,
+    },
+    /// Settings that do not make sense together.
+    #[error("{0}")]
+    Usage(&'static str),
     /// An I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -23,6 +38,29 @@ pub enum Error {
 
 /// The crate's result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes on one line: `cannot listen on X: address already in use`.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = describe(err);
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        let text = describe(err);
+        // `#[error(transparent)]` wrappers repeat their source's text.
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = err.source();
+    }
+    line
+}
+
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    match err.downcast_ref::<io::Error>() {
+        Some(io) => describe_io(io),
+        None => err.to_string(),
+    }
+}
 
 /// A short lowercase description of an I/O error, without the OS error number.
 pub fn describe_io(err: &io::Error) -> String {

@@ -4,16 +4,20 @@
 //! - [`protocol`]: the wire format of both modes (plain text and JSON), names
 //!   and commands; pure functions, no I/O.
 //! - [`server`]: the accept loop and shutdown ([`server::run`]); inside it
-//!   `handshake` answers HTTP, `connection` runs one task per peer, `hub`
-//!   tracks nicks, presence and private mailboxes, `bus` is the fan-out seam
-//!   (publish to a room, subscribe to a room, read history after an id),
+//!   `handshake` answers HTTP (WebSocket upgrade, `/healthz`), `session` runs
+//!   one task per peer (the select loop, lag, close), `commands` carries out
+//!   what a peer asks for (say, `/nick`, `/join`, `/msg`, `/who`, `/rooms`),
 //!   `frames` parses and checks what clients send, and `wire` queues each
-//!   connection's outgoing bytes (broadcast frames encoded once, written with
-//!   one call per flush).
+//!   connection's outgoing bytes (broadcast frames encoded once, written
+//!   with one call per flush). The chat itself stands on three interfaces,
+//!   each with an in-memory implementation: `fanout` (publish to a room,
+//!   follow a room), `history` (store, read back, epoch; also SQLite) and
+//!   `presence` (nicks, members, private delivery).
 //! - [`client`]: the terminal client's connect / reconnect / resume loop.
 //! - [`limit`]: the token bucket behind flood control (server and client).
 //! - [`tls`]: loading certificates and keys for `wss://`.
-//! - [`config`]: the command-line flags of both binaries.
+//! - [`config`]: the command-line flags of both binaries and the plain
+//!   settings the library takes.
 //! - [`error`]: the crate's error type.
 
 pub mod client;

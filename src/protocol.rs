@@ -63,6 +63,8 @@ pub enum ErrorCode {
     BinaryUnsupported,
     /// A message with no text.
     Empty,
+    /// The server cannot store or read messages right now; nothing was delivered.
+    Unavailable,
     /// Any other failure (the text says what).
     Internal,
     /// Anything this build does not know (for forward compatibility).
@@ -77,8 +79,13 @@ pub enum Request {
     Say { text: String, cid: Option<String> },
     /// Choose a nick.
     Nick { nick: String },
-    /// Move to a room, optionally resuming after a message id.
-    Join { room: String, after: Option<u64> },
+    /// Move to a room, optionally resuming after a message id seen in
+    /// history `epoch`.
+    Join {
+        room: String,
+        after: Option<u64>,
+        epoch: Option<u64>,
+    },
     /// A private message.
     Private {
         to: String,
@@ -129,6 +136,8 @@ pub enum ClientFrame {
         room: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
     },
     /// See [`Request::Private`].
     Private {
@@ -148,7 +157,7 @@ impl From<ClientFrame> for Request {
         match frame {
             ClientFrame::Say { text, cid } => Request::Say { text, cid },
             ClientFrame::Nick { nick } => Request::Nick { nick },
-            ClientFrame::Join { room, after } => Request::Join { room, after },
+            ClientFrame::Join { room, after, epoch } => Request::Join { room, after, epoch },
             ClientFrame::Private { to, text, cid } => Request::Private { to, text, cid },
             ClientFrame::Who => Request::Who,
             ClientFrame::Rooms => Request::Rooms,
@@ -227,6 +236,21 @@ pub enum ServerFrame {
     Left { room: String, nick: String },
     /// Someone changed nick.
     Renamed { old: String, new: String },
+    /// Messages a `join` asked for are not all there: either the room's
+    /// history epoch changed (no `after`/`first`: ids start again, and the
+    /// recent history follows), or those between `after` and `first` are no
+    /// longer stored.
+    Gap {
+        room: String,
+        /// The room's current epoch.
+        epoch: u64,
+        /// The id the client asked to resume after.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// The first id still stored.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first: Option<u64>,
+    },
     /// Reply to `who`.
     Members { room: String, nicks: Vec<String> },
     /// Reply to `rooms`.
@@ -257,6 +281,26 @@ impl ServerFrame {
         }
     }
 
+    /// For a `gap`, the line a person is shown: how many messages are gone,
+    /// when that is known.
+    pub fn gap_text(&self) -> Option<String> {
+        let ServerFrame::Gap { after, first, .. } = self else {
+            return None;
+        };
+        Some(match (after, first) {
+            (Some(after), Some(first)) if *first > after + 1 => {
+                let missing = first - after - 1;
+                let plural = if missing == 1 {
+                    "message is"
+                } else {
+                    "messages are"
+                };
+                format!("{missing} earlier {plural} no longer stored")
+            }
+            _ => "some earlier messages were not kept".to_owned(),
+        })
+    }
+
     /// An error frame from a rejection.
     pub fn error(rejection: Rejection, cid: Option<String>) -> Self {
         ServerFrame::Error {
@@ -276,6 +320,7 @@ impl ServerFrame {
             ServerFrame::Joined { room, nick } => format!("* {nick} joined {room}"),
             ServerFrame::Left { room, nick } => format!("* {nick} left {room}"),
             ServerFrame::Renamed { old, new } => format!("* {old} is now known as {new}"),
+            ServerFrame::Gap { .. } => format!("! {}", self.gap_text().unwrap_or_default()),
             ServerFrame::Members { room, nicks } => {
                 format!("* {} in {room}: {}", nicks.len(), nicks.join(", "))
             }
@@ -356,6 +401,7 @@ pub fn parse_plain(line: &str) -> Result<Request, Rejection> {
         "join" if !args.is_empty() && !args.contains(char::is_whitespace) => Ok(Request::Join {
             room: args.to_owned(),
             after: None,
+            epoch: None,
         }),
         "join" => usage("usage: /join ROOM"),
         "msg" => match args.split_once(char::is_whitespace) {
@@ -444,7 +490,8 @@ mod tests {
             parse_plain("/join Rust"),
             Ok(Request::Join {
                 room: "Rust".into(),
-                after: None
+                after: None,
+                epoch: None
             })
         );
         assert_eq!(
@@ -497,7 +544,8 @@ mod tests {
             parse_json(r#"{"type":"join","room":"rust","after":123}"#),
             Ok(Request::Join {
                 room: "rust".into(),
-                after: Some(123)
+                after: Some(123),
+                epoch: None
             })
         );
         assert_eq!(parse_json(r#"{"type":"who"}"#), Ok(Request::Who));

@@ -11,10 +11,7 @@ const VALID: &str = "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnecti
                      Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
 fn status(decision: &Decision) -> u16 {
-    match decision {
-        Decision::Upgrade { .. } => 101,
-        Decision::Respond { status, .. } => *status,
-    }
+    decision.status()
 }
 
 fn locked() -> Policy {

@@ -57,7 +57,7 @@ proptest! {
         let frames = [
             ClientFrame::Say { text: text.clone(), cid: Some(nick.clone()) },
             ClientFrame::Nick { nick: nick.clone() },
-            ClientFrame::Join { room: nick.to_lowercase(), after },
+            ClientFrame::Join { room: nick.to_lowercase(), after, epoch: after.map(|a| a ^ 7) },
             ClientFrame::Private { to: nick.clone(), text, cid: None },
             ClientFrame::Who,
             ClientFrame::Rooms,

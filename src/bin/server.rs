@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use wschat::config::ServerConfig;
+use wschat::config::ServerArgs;
+use wschat::error::report;
 use wschat::server;
 
 fn main() -> ExitCode {
     // clap prints usage errors itself and exits with status 2.
-    let config = ServerConfig::parse();
-    let default_level = if config.verbose { "debug" } else { "info" };
+    let args = ServerArgs::parse();
+    let default_level = if args.verbose { "debug" } else { "info" };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let threads = match config.threads {
+    let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
@@ -41,13 +42,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = server::shutdown_signal()?;
-        let listener = server::bind(&config.host, config.port).await?;
-        server::run(listener, config, shutdown).await
+        let listener = server::bind(&args.host, args.port).await?;
+        server::run(listener, args.config(), shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", report(&err));
             ExitCode::FAILURE
         }
     }

@@ -414,6 +414,9 @@ impl<'o> Client<'o> {
             let frame = ClientFrame::Join {
                 room: self.room.clone(),
                 after,
+                // Which history `after` belongs to: if the server's differs,
+                // it says so with a `gap` and replays afresh.
+                epoch: after.and(self.epoch),
             };
             send_raw(ws, json(&frame)).await?;
         }
@@ -504,7 +507,11 @@ impl<'o> Client<'o> {
                 Ok(room) => {
                     self.room.clone_from(&room);
                     let after = None;
-                    LineAction::Send(ClientFrame::Join { room, after })
+                    LineAction::Send(ClientFrame::Join {
+                        room,
+                        after,
+                        epoch: None,
+                    })
                 }
                 Err(rejection) => {
                     self.print(&format!("! {}", rejection.text));
@@ -539,14 +546,19 @@ impl<'o> Client<'o> {
                 self.me.clone_from(nick);
                 self.bucket = limits.and_then(|l| TokenBucket::new(l.rate, l.rate_burst));
                 if self.epoch != Some(*epoch) {
-                    // A new history: ids start again, and everything it holds is
-                    // new to us (resume from 0 where we had seen something).
-                    if self.epoch.is_some() {
-                        for seen in self.last_seen.values_mut() {
-                            *seen = 0;
+                    // Another history: ids seen elsewhere mean nothing now.
+                    // The room being resumed keeps its id, and the old
+                    // epoch goes with it in the `join`, so the server can
+                    // answer with a `gap` (ids start again) or, if it was only
+                    // this node that changed, resume exactly.
+                    let resuming = self.last_seen.get(&self.room).copied();
+                    self.last_seen.clear();
+                    match resuming {
+                        Some(after) if self.epoch.is_some() => {
+                            self.last_seen.insert(self.room.clone(), after);
                         }
+                        _ => self.epoch = Some(*epoch),
                     }
-                    self.epoch = Some(*epoch);
                 }
                 if self.welcomed {
                     return;
@@ -593,6 +605,15 @@ impl<'o> Client<'o> {
                 }
                 if from.eq_ignore_ascii_case(&self.me) && !to.eq_ignore_ascii_case(&self.me) {
                     return;
+                }
+            }
+            ServerFrame::Gap {
+                room, epoch, first, ..
+            } => {
+                self.epoch = Some(*epoch);
+                if first.is_none() {
+                    // A new history: its ids start again.
+                    self.last_seen.insert(room.clone(), 0);
                 }
             }
             ServerFrame::Joined { nick, .. } | ServerFrame::Left { nick, .. }

@@ -3,13 +3,82 @@
 //! wschat answers the WebSocket upgrade itself (rather than letting
 //! tokio-websockets do it) so that it can choose the subprotocol and refuse a
 //! handshake with a proper HTTP status before any WebSocket traffic.
+//! [`decide`] is the pure part (the router); [`accept`] runs the whole phase
+//! on a connection, up to the point where it is a WebSocket or answered.
+
+use std::net::SocketAddr;
 
 use base64::Engine;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
 
+use super::Shared;
 use crate::config::ServerConfig;
 use crate::protocol::{Mode, SUBPROTOCOL};
+
+/// Runs the handshake phase: reads the request head (bounded in time),
+/// answers it, and returns the WebSocket's mode when the connection was
+/// upgraded. `slot` is the connection's share of `--max-connections`;
+/// without one an upgrade is answered with 503.
+pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    peer: SocketAddr,
+    slot: Option<OwnedSemaphorePermit>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<(Mode, OwnedSemaphorePermit)> {
+    let within = shared.config.handshake_within();
+    let head = tokio::select! {
+        () = shutdown.cancelled() => return None,
+        head = timeout(within, read_head(stream)) => head,
+    };
+    let head = match head {
+        Ok(Ok(head)) => head,
+        Ok(Err(err)) => {
+            debug!("{peer}: handshake failed: {err}");
+            return None;
+        }
+        Err(_) => {
+            debug!("{peer}: handshake timed out");
+            return None;
+        }
+    };
+    let decision = decide(&head, &shared.policy);
+    // The request head is not needed past here; the session outlives it.
+    drop(head);
+    let (mode, response, slot) = match (decision, slot) {
+        (Decision::Health, _) => {
+            let response = match shared.trouble() {
+                None => text_response(200, "OK", "", "ok\n"),
+                Some(reason) => {
+                    text_response(503, "Service Unavailable", "", &format!("{reason}\n"))
+                }
+            };
+            let _ = timeout(within, send(stream, &response)).await;
+            return None;
+        }
+        (Decision::Respond { status, response }, _) => {
+            debug!("{peer}: answered HTTP {status}");
+            let _ = timeout(within, send(stream, &response)).await;
+            return None;
+        }
+        (Decision::Upgrade { .. }, None) => {
+            info!("Refused {peer}: connection limit reached (HTTP 503)");
+            let response = text_response(503, "Service Unavailable", "", "server is full\n");
+            let _ = timeout(within, send(stream, &response)).await;
+            return None;
+        }
+        (Decision::Upgrade { mode, response }, Some(slot)) => (mode, response, slot),
+    };
+    match timeout(within, send(stream, &response)).await {
+        Ok(Ok(())) => Some((mode, slot)),
+        _ => None,
+    }
+}
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -107,6 +176,8 @@ pub enum Decision {
         /// The bytes to send back.
         response: Vec<u8>,
     },
+    /// Answer `/healthz` with the server's health.
+    Health,
     /// Answer with a plain HTTP response and close.
     Respond {
         /// The status code, for the log.
@@ -114,6 +185,18 @@ pub enum Decision {
         /// The bytes to send back.
         response: Vec<u8>,
     },
+}
+
+impl Decision {
+    /// The status line's code: 101 for an upgrade, 200 for `/healthz` (its
+    /// answer is 503 instead while a backend fails).
+    pub fn status(&self) -> u16 {
+        match self {
+            Decision::Upgrade { .. } => 101,
+            Decision::Health => 200,
+            Decision::Respond { status, .. } => *status,
+        }
+    }
 }
 
 /// Why a handshake did not complete.
@@ -206,7 +289,7 @@ pub fn decide(head: &[u8], policy: &Policy) -> Decision {
     let is_upgrade = header("upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
 
     match path {
-        "/healthz" if !is_upgrade => return respond(200, "OK", "ok\n"),
+        "/healthz" if !is_upgrade => return Decision::Health,
         "/" | "/ws" => {}
         _ => return respond(404, "Not Found", "not found\n"),
     }
@@ -346,10 +429,7 @@ mod tests {
     }
 
     fn status(decision: &Decision) -> u16 {
-        match decision {
-            Decision::Upgrade { .. } => 101,
-            Decision::Respond { status, .. } => *status,
-        }
+        decision.status()
     }
 
     const UPGRADE: &[&str] = &[

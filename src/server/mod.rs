@@ -1,20 +1,24 @@
 //! The chat server: binding, the accept loop, graceful shutdown and shared state.
 //!
-//! [`run`] races the accept loop against a shutdown future. Every connection
-//! task watches one cancellation token and is tracked, so shutdown can close
-//! every peer with 1001 and wait (bounded) until all of them are done.
+//! [`run`] opens the backends, then races the accept loop against a shutdown
+//! future. Every connection task watches one cancellation token and is
+//! tracked, so shutdown can close every peer with 1001 and wait (bounded)
+//! until all of them are done.
 
-pub mod bus;
-mod connection;
+mod commands;
+pub mod fanout;
 pub mod frames;
 pub mod handshake;
-pub mod hub;
+pub mod history;
+pub mod presence;
+mod session;
 pub mod wire;
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -25,46 +29,95 @@ use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
 use crate::error::{Error, Result, describe_io};
-use bus::{Bus, ConnId};
-use hub::Hub;
+use fanout::{Fanout, MemoryFanout};
+use history::{History, MemoryHistory, SqliteHistory};
+use presence::{MemoryPresence, Presence};
 
 /// Pending connections the kernel queues for us; connect bursts overflow 128.
 const LISTEN_BACKLOG: u32 = 4096;
 /// How long shutdown waits for connections to finish their close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
+/// Identifies one connection among all the nodes of a chat: a random node
+/// id drawn at start, and a sequence number within the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    /// The node the connection is on.
+    pub node: u64,
+    /// Its number on that node.
+    pub seq: u64,
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}-{}", self.node, self.seq)
+    }
+}
+
 /// State every connection task shares.
 #[derive(Debug)]
 pub struct Shared {
     /// The server's settings.
     pub config: ServerConfig,
-    /// Rooms, history and fan-out.
-    pub bus: Bus,
-    /// Nicks and presence.
-    pub hub: Hub,
+    /// Publishing to rooms and following them.
+    pub fanout: Arc<dyn Fanout>,
+    /// Stored messages.
+    pub history: Arc<dyn History>,
+    /// Nicks, rooms' members and private delivery.
+    pub presence: Arc<dyn Presence>,
     /// Who may connect.
     pub policy: handshake::Policy,
-    /// This history's generation, sent in `welcome`: the start time in ms,
-    /// because in-memory history (and its ids) starts afresh on restart.
-    pub epoch: u64,
-    next_id: AtomicU64,
+    node: u64,
+    next_seq: AtomicU64,
 }
 
 impl Shared {
-    fn new(config: ServerConfig) -> Self {
-        Self {
-            bus: Bus::new(config.history, config.max_lag),
-            hub: Hub::default(),
+    /// Opens the backends the settings ask for.
+    ///
+    /// # Errors
+    /// When the history database cannot be used.
+    fn open(config: ServerConfig) -> Result<Self> {
+        let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.max_lag));
+        let history: Arc<dyn History> = match &config.db {
+            Some(path) => Arc::new(
+                SqliteHistory::open(path, config.retain, config.db_sync, fanout.clone()).map_err(
+                    |source| Error::Database {
+                        path: path.clone(),
+                        source,
+                    },
+                )?,
+            ),
+            None => Arc::new(MemoryHistory::new(config.history, fanout.clone())),
+        };
+        Ok(Self {
+            fanout,
+            history,
+            presence: Arc::new(MemoryPresence::default()),
             policy: handshake::Policy::from_config(&config),
-            epoch: crate::protocol::now_ms(),
-            next_id: AtomicU64::new(1),
+            node: fastrand::u64(..),
+            next_seq: AtomicU64::new(1),
             config,
-        }
+        })
     }
 
     fn next_conn_id(&self) -> ConnId {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        ConnId {
+            node: self.node,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        }
     }
+
+    /// `None` when the server can serve; otherwise why not (for `/healthz`).
+    pub fn trouble(&self) -> Option<String> {
+        self.history.trouble()
+    }
+}
+
+/// Locks a mutex, recovering the data if another thread panicked while holding it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Binds `host:port` with a large listen backlog.
@@ -77,35 +130,32 @@ pub async fn bind(host: &str, port: u16) -> Result<TcpListener> {
     } else {
         format!("{host}:{port}")
     };
-    let fail = |reason: String| Error::Listen {
+    let fail = |source: std::io::Error| Error::Listen {
         addr: shown.clone(),
-        reason,
+        source,
     };
     let addr: SocketAddr = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| fail(describe_io(&e)))?
+        .map_err(fail)?
         .next()
-        .ok_or_else(|| fail("no address found".into()))?;
+        .ok_or_else(|| fail(std::io::Error::other("no address found")))?;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
-    .map_err(|e| fail(describe_io(&e)))?;
-    socket
-        .set_reuseaddr(true)
-        .map_err(|e| fail(describe_io(&e)))?;
-    socket.bind(addr).map_err(|e| fail(describe_io(&e)))?;
-    socket
-        .listen(LISTEN_BACKLOG)
-        .map_err(|e| fail(describe_io(&e)))
+    .map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(addr).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)
 }
 
 /// Serves chat on `listener` until `shutdown` completes, then closes every
 /// connection with 1001 and returns once they are gone (bounded).
 ///
 /// # Errors
-/// Only if the listener's address cannot be read.
+/// When the TLS files or the history database cannot be used, or the
+/// listener's address cannot be read.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
@@ -116,7 +166,7 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
         _ => None,
     };
-    let shared = Arc::new(Shared::new(config));
+    let shared = Arc::new(Shared::open(config)?);
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -135,7 +185,7 @@ pub async fn run(
                     let (shared, token) = (shared.clone(), token.clone());
                     match &tls {
                         None => {
-                            tracker.spawn(connection::serve(stream, peer, slot, shared, token));
+                            tracker.spawn(session::serve(stream, peer, slot, shared, token));
                         }
                         Some(acceptor) => {
                             let accept = acceptor.accept(stream);
@@ -143,7 +193,7 @@ pub async fn run(
                                 let within = shared.config.handshake_within();
                                 match tokio::time::timeout(within, accept).await {
                                     Ok(Ok(stream)) => {
-                                        connection::serve(stream, peer, slot, shared, token).await;
+                                        session::serve(stream, peer, slot, shared, token).await;
                                     }
                                     Ok(Err(err)) => debug!("{peer}: TLS handshake failed: {err}"),
                                     Err(_) => debug!("{peer}: TLS handshake timed out"),

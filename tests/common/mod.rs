@@ -51,7 +51,7 @@ impl TestServer {
 
     /// A server on a given port (0 for any).
     pub async fn on_port(port: u16, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
-        let mut config = ServerConfig::defaults();
+        let mut config = ServerConfig::default();
         tweak(&mut config);
         let listener = server::bind("127.0.0.1", port).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");

@@ -1,0 +1,406 @@
+//! What each request does: say, `/nick`, `/join`, `/msg`, `/who`, `/rooms`,
+//! `/help`, one function each.
+//!
+//! A command gets the connection's chat state ([`Conn`]), the shared state,
+//! and a list to put its answers for this connection in; it never sees the
+//! socket. Events for the whole room (a message, `joined`, `renamed`) go out
+//! through the backends and reach this connection through its room feed,
+//! like everyone else's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::fanout::{Delivery, RoomFeed};
+use super::history::{NewMessage, Page, Since};
+use super::presence::{Mailbox, Member, PrivateMessage};
+use super::{ConnId, Shared};
+use crate::limit::TokenBucket;
+use crate::protocol::{
+    DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, normalize_room, now_ms,
+    validate_nick,
+};
+
+/// Answers for the connection that sent a command, in order.
+pub(super) type Replies = Vec<ServerFrame>;
+
+/// The most messages replayed in one go; a longer replay goes out a page at
+/// a time as the peer reads it.
+const PAGE: usize = 512;
+
+/// One connection's place in the chat: who it is, where it is, what it follows.
+pub(super) struct Conn {
+    pub id: ConnId,
+    pub peer: SocketAddr,
+    pub mode: Mode,
+    /// Its nick, or `IP:PORT` until it chose one.
+    pub nick: Arc<str>,
+    /// The room it is in.
+    pub room: Arc<str>,
+    /// The room's live events.
+    pub feed: RoomFeed,
+    /// A replay of stored messages still to send: the last id sent.
+    pub replay: Option<u64>,
+    /// Flood control (`None` with `--rate 0`).
+    bucket: Option<TokenBucket>,
+    /// Present while the connection is registered; dropping it leaves.
+    seat: Option<Seat>,
+}
+
+/// A registered connection. Dropping it frees the nick and tells the room
+/// the connection left, however the session ends (a panic included).
+struct Seat {
+    id: ConnId,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if let Some((nick, room)) = self.shared.presence.unregister(self.id) {
+            if !quiet(&self.shared, &room) {
+                let left = ServerFrame::Left {
+                    room: room.to_string(),
+                    nick: nick.to_string(),
+                };
+                self.shared
+                    .fanout
+                    .publish(&room, Arc::new(Delivery::new(self.id, left, None)));
+            }
+        }
+    }
+}
+
+/// Whether `room` is over `--announce-limit`, so arrivals and departures
+/// are no longer announced to everyone in it.
+fn quiet(shared: &Shared, room: &str) -> bool {
+    shared.presence.room_size(room) > shared.config.announce_limit
+}
+
+impl Conn {
+    /// Registers a new connection in the default room: the welcome, the
+    /// room's recent history, and the `joined` notice.
+    pub async fn start(
+        id: ConnId,
+        peer: SocketAddr,
+        mode: Mode,
+        shared: &Arc<Shared>,
+        mailbox: Arc<Mailbox>,
+        out: &mut Replies,
+    ) -> Self {
+        let nick: Arc<str> = peer.to_string().into();
+        let room: Arc<str> = DEFAULT_ROOM.into();
+        shared.presence.register(
+            id,
+            Member {
+                nick: nick.clone(),
+                room: room.clone(),
+                mode,
+                mailbox,
+            },
+        );
+        let mut conn = Self {
+            id,
+            peer,
+            mode,
+            nick,
+            feed: shared.fanout.subscribe(&room),
+            room,
+            replay: None,
+            bucket: TokenBucket::new(shared.config.rate, shared.config.rate_burst),
+            seat: Some(Seat {
+                id,
+                shared: shared.clone(),
+            }),
+        };
+        let page = read(
+            shared,
+            &conn.room,
+            Since::Recent,
+            shared.config.history_on_join,
+        )
+        .await;
+        let config = &shared.config;
+        out.push(ServerFrame::Welcome {
+            text: crate::protocol::WELCOME.into(),
+            nick: conn.nick.to_string(),
+            room: conn.room.to_string(),
+            epoch: page.as_ref().map_or(0, |p| p.epoch),
+            limits: Some(crate::protocol::Allowance {
+                rate: config.rate,
+                rate_burst: config.rate_burst,
+                max_message_bytes: config.max_message_bytes,
+            }),
+        });
+        match page {
+            Ok(page) => conn.replay_page(page, None, out),
+            Err(rejection) => out.push(ServerFrame::error(rejection, None)),
+        }
+        conn.announce(shared, joined(&conn), out);
+        conn
+    }
+
+    /// Leaves the room and frees the nick now rather than when dropped.
+    pub fn leave(&mut self) {
+        self.seat = None;
+    }
+
+    /// Tells the room about this connection (it gets its own copy through
+    /// its feed); in a room over `--announce-limit` only this connection is told.
+    fn announce(&self, shared: &Shared, frame: ServerFrame, out: &mut Replies) {
+        if quiet(shared, &self.room) {
+            return out.push(frame);
+        }
+        shared
+            .fanout
+            .publish(&self.room, Arc::new(Delivery::new(self.id, frame, None)));
+    }
+
+    /// Queues a page of stored messages as history replay. When the page
+    /// is full, more may follow: the session asks for them once this page
+    /// has been written.
+    fn replay_page(&mut self, page: Page, full_at: Option<usize>, out: &mut Replies) {
+        let last = page.messages.last().map(|m| m.id);
+        self.replay = match (full_at, last) {
+            (Some(limit), Some(last)) if page.messages.len() >= limit => Some(last),
+            _ => None,
+        };
+        for message in &page.messages {
+            let own = message.from.eq_ignore_ascii_case(&self.nick);
+            out.push(message.frame(&self.room, own));
+        }
+        if let Some(last) = last {
+            self.feed.seen_through(last);
+        }
+    }
+
+    /// Sends the next page of a replay in progress.
+    pub async fn continue_replay(&mut self, shared: &Shared, out: &mut Replies) {
+        let Some(after) = self.replay else { return };
+        match read(shared, &self.room, Since::After(after), PAGE).await {
+            Ok(page) => self.replay_page(page, Some(PAGE), out),
+            Err(rejection) => {
+                self.replay = None;
+                out.push(ServerFrame::error(rejection, None));
+            }
+        }
+    }
+
+    /// Carries out one request.
+    pub async fn apply(&mut self, request: Request, shared: &Shared, out: &mut Replies) {
+        match request {
+            Request::Say { text, cid } => self.say(text, cid, shared, out).await,
+            Request::Nick { nick } => self.rename(&nick, shared, out).await,
+            Request::Join { room, after, epoch } => {
+                self.join(&room, after, epoch, shared, out).await;
+            }
+            Request::Private { to, text, cid } => self.private(&to, text, cid, shared, out).await,
+            Request::Who => match shared.presence.who(&self.room).await {
+                Ok(nicks) => out.push(ServerFrame::Members {
+                    room: self.room.to_string(),
+                    nicks,
+                }),
+                Err(rejection) => out.push(ServerFrame::error(rejection, None)),
+            },
+            Request::Rooms => match shared.presence.rooms().await {
+                Ok(rooms) => out.push(ServerFrame::Rooms { rooms }),
+                Err(rejection) => out.push(ServerFrame::error(rejection, None)),
+            },
+            Request::Help => out.extend(HELP.iter().map(|line| ServerFrame::Notice {
+                text: (*line).to_owned(),
+            })),
+        }
+    }
+
+    /// A chat message: stored, then published by the history (which is how
+    /// the sender gets its acknowledgement: its own copy, with its cid).
+    async fn say(&mut self, text: String, cid: Option<String>, shared: &Shared, out: &mut Replies) {
+        if let Err(rejection) = self.check_text(&text, shared) {
+            return out.push(ServerFrame::error(rejection, cid));
+        }
+        debug!(peer = %self.peer, room = %self.room, "{}: {text}", self.nick);
+        let message = NewMessage {
+            origin: self.id,
+            room: self.room.clone(),
+            from: self.nick.clone(),
+            text,
+            cid: cid.clone(),
+        };
+        if let Err(err) = shared.history.append(message).await {
+            let rejection = Rejection::new(
+                ErrorCode::Unavailable,
+                format!("{err}; the message was not delivered"),
+            );
+            out.push(ServerFrame::error(rejection, cid));
+        }
+    }
+
+    /// Checks a message against the limits (taking a rate token if it passes).
+    fn check_text(&mut self, text: &str, shared: &Shared) -> Result<(), Rejection> {
+        let config = &shared.config;
+        let max = config.max_message_bytes;
+        if text.len() > max {
+            return Err(Rejection::new(
+                ErrorCode::TooLong,
+                format!("message too long: {} bytes, the limit is {max}", text.len()),
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err(Rejection::new(ErrorCode::Empty, "empty message"));
+        }
+        if let Some(bucket) = &mut self.bucket {
+            if !bucket.try_take() {
+                return Err(Rejection::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "rate limited: at most {} messages per 10 s (bursts of {}); this one was not delivered",
+                        config.rate, config.rate_burst
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn rename(&mut self, nick: &str, shared: &Shared, out: &mut Replies) {
+        if let Err(rejection) = validate_nick(nick) {
+            return out.push(ServerFrame::error(rejection, None));
+        }
+        if *self.nick == *nick {
+            return;
+        }
+        match shared.presence.rename(self.id, nick).await {
+            Ok(old) => {
+                self.nick = nick.into();
+                let renamed = ServerFrame::Renamed {
+                    old: old.to_string(),
+                    new: nick.to_owned(),
+                };
+                self.announce(shared, renamed, out);
+            }
+            Err(rejection) => out.push(ServerFrame::error(rejection, None)),
+        }
+    }
+
+    /// Moves to `room` (or re-enters it), replaying what the client missed.
+    ///
+    /// The new feed is opened before history is read, and the feed then
+    /// skips what the replay covered: whatever is stored while the read runs
+    /// arrives through the feed, so the seam has no gap and no duplicate.
+    async fn join(
+        &mut self,
+        room: &str,
+        after: Option<u64>,
+        epoch: Option<u64>,
+        shared: &Shared,
+        out: &mut Replies,
+    ) {
+        let name: Arc<str> = match normalize_room(room) {
+            Ok(name) => name.into(),
+            Err(rejection) => return out.push(ServerFrame::error(rejection, None)),
+        };
+        let same = self.room == name;
+        let feed = shared.fanout.subscribe(&name);
+        let recent = Since::Recent;
+        let on_join = shared.config.history_on_join;
+        let (since, limit) = match after {
+            Some(after) => (Since::After(after), PAGE),
+            None => (recent, on_join),
+        };
+        let mut page = match read(shared, &name, since, limit).await {
+            Ok(page) => page,
+            Err(rejection) => return out.push(ServerFrame::error(rejection, None)),
+        };
+        let mut gap = None;
+        // A replay after an id may go on past its first page.
+        let mut full_at = after.map(|_| PAGE);
+        if let Some(after) = after {
+            if epoch.is_some_and(|epoch| epoch != page.epoch) {
+                // Ids from another history mean nothing here: start afresh.
+                gap = Some(ServerFrame::Gap {
+                    room: name.to_string(),
+                    epoch: page.epoch,
+                    after: None,
+                    first: None,
+                });
+                page = match read(shared, &name, recent, on_join).await {
+                    Ok(page) => page,
+                    Err(rejection) => return out.push(ServerFrame::error(rejection, None)),
+                };
+                full_at = None;
+            } else if let Some(first) = page.messages.first().map(|m| m.id) {
+                if first > after + 1 {
+                    gap = Some(ServerFrame::Gap {
+                        room: name.to_string(),
+                        epoch: page.epoch,
+                        after: Some(after),
+                        first: Some(first),
+                    });
+                }
+            }
+        }
+        self.feed = feed;
+        if let (Some(after), None) = (after, &gap) {
+            self.feed.seen_through(after);
+        }
+        if !same {
+            shared.presence.set_room(self.id, name.clone());
+            let left = ServerFrame::Left {
+                room: self.room.to_string(),
+                nick: self.nick.to_string(),
+            };
+            if !quiet(shared, &self.room) {
+                shared
+                    .fanout
+                    .publish(&self.room, Arc::new(Delivery::new(self.id, left, None)));
+            }
+            self.room = name;
+        }
+        out.extend(gap);
+        self.replay_page(page, full_at, out);
+        if !same {
+            self.announce(shared, joined(self), out);
+        }
+    }
+
+    async fn private(
+        &mut self,
+        to: &str,
+        text: String,
+        cid: Option<String>,
+        shared: &Shared,
+        out: &mut Replies,
+    ) {
+        if let Err(rejection) = self.check_text(&text, shared) {
+            return out.push(ServerFrame::error(rejection, cid));
+        }
+        let message = PrivateMessage {
+            from: self.nick.to_string(),
+            text,
+            ts: now_ms(),
+        };
+        match shared.presence.send_private(to, message.clone()).await {
+            // The sender's copy is its acknowledgement (JSON mode only).
+            Ok(to) if self.mode == Mode::Json => out.push(message.frame(&to, cid)),
+            Ok(_) => {}
+            Err(rejection) => out.push(ServerFrame::error(rejection, cid)),
+        }
+    }
+}
+
+/// The `joined` notice for a connection's current room.
+fn joined(conn: &Conn) -> ServerFrame {
+    ServerFrame::Joined {
+        room: conn.room.to_string(),
+        nick: conn.nick.to_string(),
+    }
+}
+
+/// Reads history, turning a failure into the `unavailable` answer.
+async fn read(shared: &Shared, room: &str, since: Since, limit: usize) -> Result<Page, Rejection> {
+    shared
+        .history
+        .read(room, since, limit)
+        .await
+        .map_err(|err| Rejection::new(ErrorCode::Unavailable, err.to_string()))
+}

@@ -1,0 +1,165 @@
+//! History: append a message (which also makes it live), read the recent
+//! ones or everything after an id, and the epoch that tells a client whether
+//! the ids it holds still mean anything.
+//!
+//! [`MemoryHistory`] keeps a ring per room and starts afresh with every
+//! process; [`SqliteHistory`] keeps everything in one SQLite file.
+
+mod memory;
+mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use memory::MemoryHistory;
+pub use sqlite::SqliteHistory;
+
+use super::ConnId;
+use super::fanout::Delivery;
+use crate::protocol::ServerFrame;
+
+/// A boxed future, as the history and presence interfaces return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where chat messages are kept.
+///
+/// A backend publishes every message it stores to the room's fan-out itself,
+/// after the message is stored and in id order, so no one ever receives a
+/// message that is not stored and every member sees a room's messages in order.
+pub trait History: Send + Sync + fmt::Debug {
+    /// Stores `message`, gives it the room's next id, then publishes it.
+    ///
+    /// # Errors
+    /// [`HistoryError::Unavailable`] when it could not be stored; nothing is
+    /// published then.
+    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Stamp, HistoryError>>;
+
+    /// The room's stored messages: the most recent ones, or those after an
+    /// id (at most `limit`), oldest first, with the room's epoch.
+    ///
+    /// # Errors
+    /// [`HistoryError::Unavailable`] when the store cannot be read.
+    fn read(
+        &self,
+        room: &str,
+        since: Since,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, HistoryError>>;
+
+    /// `None` while the store works; otherwise why it does not.
+    fn trouble(&self) -> Option<String>;
+}
+
+/// A chat message on its way into history.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The connection that sent it.
+    pub origin: ConnId,
+    /// Its room (normalised).
+    pub room: Arc<str>,
+    /// The sender's nick.
+    pub from: Arc<str>,
+    /// The text.
+    pub text: String,
+    /// The sender's client id, echoed on its acknowledgement.
+    pub cid: Option<String>,
+}
+
+impl NewMessage {
+    /// The live event for this message once it has `id` and `ts`.
+    pub fn delivery(self, stamp: Stamp) -> Arc<Delivery> {
+        let frame = ServerFrame::Message {
+            id: stamp.id,
+            room: self.room.to_string(),
+            from: self.from.to_string(),
+            text: self.text,
+            ts: stamp.ts,
+            cid: None,
+            history: false,
+        };
+        Arc::new(Delivery::new(self.origin, frame, self.cid))
+    }
+}
+
+/// What storing a message gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Its id: the room's previous id plus one, never reused.
+    pub id: u64,
+    /// When it was stored, in ms since the Unix epoch.
+    pub ts: u64,
+}
+
+/// A message read back from history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its id in the room.
+    pub id: u64,
+    /// When it was stored, in ms since the Unix epoch.
+    pub ts: u64,
+    /// The sender's nick at the time.
+    pub from: String,
+    /// The text.
+    pub text: String,
+    /// The sender's client id.
+    pub cid: Option<String>,
+}
+
+impl Stored {
+    /// The message as a history replay frame for `room`. A client gets its
+    /// own messages back with their cid (`own`), which is how a resuming
+    /// client learns which of its sends were stored.
+    pub fn frame(&self, room: &str, own: bool) -> ServerFrame {
+        ServerFrame::Message {
+            id: self.id,
+            room: room.to_owned(),
+            from: self.from.clone(),
+            text: self.text.clone(),
+            ts: self.ts,
+            cid: if own { self.cid.clone() } else { None },
+            history: true,
+        }
+    }
+}
+
+/// Which stored messages to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// The most recent ones.
+    Recent,
+    /// Those with an id greater than this one.
+    After(u64),
+}
+
+/// Stored messages of one room, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The room's history generation: ids from another epoch mean nothing here.
+    pub epoch: u64,
+    /// The messages.
+    pub messages: Vec<Stored>,
+}
+
+/// Why history could not be opened, written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The store cannot take or give messages right now.
+    #[error("history is unavailable: {0}")]
+    Unavailable(String),
+    /// The file was written by a newer wschat.
+    #[error("its schema version {found} is newer than this server's ({supported}); upgrade wschat")]
+    NewerSchema {
+        /// The version in the file.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// SQLite refused the file.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file or its directory cannot be used.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

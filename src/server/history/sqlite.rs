@@ -1,0 +1,505 @@
+//! Durable history in one SQLite file (WAL).
+//!
+//! One writer thread owns the writing connection. Appends queue up on a
+//! bounded channel; the writer takes everything waiting, writes it in one
+//! transaction (group commit), and only once that transaction has committed
+//! publishes the messages, in id order, and answers their senders. So an
+//! acknowledgement always means "stored", and no tokio worker ever waits for
+//! the disk. Reads use a second connection on tokio's blocking pool, which
+//! WAL lets run beside the writer.
+//!
+//! Ids continue from each room's `last_id`, which never goes down, also when
+//! old messages are pruned (`--retain`). The epoch is made once, when the
+//! file is created, and kept in it: only losing the file loses history.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::{BoxFuture, History, HistoryError, NewMessage, Page, Since, Stamp, Stored};
+use crate::config::DbSync;
+use crate::protocol::now_ms;
+use crate::server::fanout::Fanout;
+use crate::server::lock;
+
+/// The schema this build writes; older files are migrated on open.
+const SCHEMA_VERSION: i64 = 1;
+/// Appends that may wait for the writer before senders wait to queue.
+const QUEUE: usize = 8192;
+/// Most appends written in one transaction.
+const MAX_BATCH: usize = 2048;
+/// Rows pruned per statement, so pruning never holds the writer for long.
+const PRUNE_BATCH: u64 = 1000;
+/// How often the writer looks for rooms over `--retain`.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// How often a failing store is tried again when nobody writes.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+const SCHEMA: &str = "
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    CREATE TABLE rooms (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        last_id INTEGER NOT NULL
+    );
+    CREATE TABLE messages (
+        room INTEGER NOT NULL REFERENCES rooms(id),
+        id INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        nick TEXT NOT NULL,
+        text TEXT NOT NULL,
+        cid TEXT,
+        PRIMARY KEY (room, id)
+    ) WITHOUT ROWID;
+";
+
+/// History in a SQLite file.
+#[derive(Debug)]
+pub struct SqliteHistory {
+    jobs: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
+    epoch: u64,
+    health: Arc<Health>,
+}
+
+/// Whether the last write worked, and why not.
+#[derive(Debug, Default)]
+struct Health {
+    failing: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl Health {
+    fn fail(&self, reason: String) {
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            warn!("history writes failing: {reason}");
+        }
+        *lock(&self.reason) = reason;
+    }
+
+    fn recover(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            info!("history writes work again");
+        }
+    }
+}
+
+enum Job {
+    Append {
+        message: NewMessage,
+        done: oneshot::Sender<Result<Stamp, HistoryError>>,
+    },
+    /// Try a write to see whether a failing store works again.
+    Probe,
+}
+
+/// One room as the writer knows it.
+#[derive(Debug, Clone, Copy)]
+struct RoomRow {
+    key: i64,
+    last_id: u64,
+    /// Ids up to this one are pruned already.
+    pruned_through: u64,
+}
+
+impl SqliteHistory {
+    /// Opens (or creates) the file at `path`, migrating an older schema,
+    /// and starts the writer, which publishes stored messages to `fanout`.
+    ///
+    /// # Errors
+    /// When the file cannot be created or opened, is not a SQLite database,
+    /// is corrupt, or has a newer schema.
+    pub fn open(
+        path: &Path,
+        retain: u64,
+        sync: DbSync,
+        fanout: Arc<dyn Fanout>,
+    ) -> Result<Self, HistoryError> {
+        let mut writer = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(HistoryError::Unavailable(format!(
+                "cannot switch to WAL (journal mode stays {mode})"
+            )));
+        }
+        let level = match sync {
+            DbSync::Normal => "NORMAL",
+            DbSync::Full => "FULL",
+        };
+        writer.pragma_update(None, "synchronous", level)?;
+        writer.busy_timeout(Duration::from_secs(5))?;
+        migrate(&mut writer)?;
+        let check: String = writer.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(HistoryError::Unavailable(format!(
+                "the file is corrupt: {check}"
+            )));
+        }
+        let epoch = epoch(&writer)?;
+        let rooms = load_rooms(&writer)?;
+
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(Duration::from_secs(5))?;
+
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let health = Arc::new(Health::default());
+        let mut store = Writer {
+            conn: writer,
+            rooms,
+            retain,
+            fanout,
+            health: health.clone(),
+            pruned_at: Instant::now(),
+        };
+        std::thread::Builder::new()
+            .name("wschat-history".into())
+            .spawn(move || store.run(queue))?;
+        tokio::spawn(probe_while_failing(jobs.downgrade(), health.clone()));
+        Ok(Self {
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+            epoch,
+            health,
+        })
+    }
+}
+
+/// Creates the schema in a new file, migrates an older one, refuses a newer one.
+fn migrate(conn: &mut Connection) -> Result<(), HistoryError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(HistoryError::NewerSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    // Version 0 is a new, empty file; later versions add steps here.
+    if version == 0 {
+        let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        if tables > 0 {
+            return Err(HistoryError::Unavailable(
+                "the file holds tables that are not wschat's".into(),
+            ));
+        }
+        tx.execute_batch(SCHEMA)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('epoch', ?1)",
+            params![now_ms() as i64],
+        )?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn epoch(conn: &Connection) -> Result<u64, HistoryError> {
+    let epoch: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+        r.get(0)
+    })?;
+    Ok(epoch as u64)
+}
+
+fn load_rooms(conn: &Connection) -> Result<HashMap<String, RoomRow>, HistoryError> {
+    let mut statement = conn.prepare(
+        "SELECT r.name, r.id, r.last_id, (SELECT min(m.id) FROM messages m WHERE m.room = r.id)
+         FROM rooms r",
+    )?;
+    let rows = statement.query_map([], |r| {
+        let last_id = r.get::<_, i64>(2)? as u64;
+        let first: Option<i64> = r.get(3)?;
+        Ok((
+            r.get::<_, String>(0)?,
+            RoomRow {
+                key: r.get(1)?,
+                last_id,
+                pruned_through: first.map_or(last_id, |f| (f as u64).saturating_sub(1)),
+            },
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Sends the writer a probe every so often while writes fail, so the store
+/// is seen to work again even when nobody is writing.
+async fn probe_while_failing(jobs: mpsc::WeakSender<Job>, health: Arc<Health>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(jobs) = jobs.upgrade() else { return };
+        if health.failing.load(Ordering::Relaxed) {
+            let _ = jobs.try_send(Job::Probe);
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    rooms: HashMap<String, RoomRow>,
+    retain: u64,
+    fanout: Arc<dyn Fanout>,
+    health: Arc<Health>,
+    pruned_at: Instant,
+}
+
+impl Writer {
+    /// Takes appends until every sender is gone.
+    fn run(&mut self, mut queue: mpsc::Receiver<Job>) {
+        let mut batch = Vec::new();
+        while let Some(job) = queue.blocking_recv() {
+            let mut probe = false;
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Append { message, done } => batch.push((message, done)),
+                    Job::Probe => probe = true,
+                }
+                if batch.len() < MAX_BATCH {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(std::mem::take(&mut batch));
+            } else if probe {
+                self.probe();
+            }
+            if self.pruned_at.elapsed() >= PRUNE_EVERY {
+                self.pruned_at = Instant::now();
+                self.prune();
+            }
+        }
+    }
+
+    /// Writes a batch in one transaction; then publishes and acknowledges
+    /// it, or refuses all of it.
+    fn commit(&mut self, batch: Vec<(NewMessage, oneshot::Sender<Result<Stamp, HistoryError>>)>) {
+        let ts = now_ms();
+        match self.write(&batch, ts) {
+            Ok((stamps, touched)) => {
+                self.rooms.extend(touched);
+                self.health.recover();
+                for ((message, done), stamp) in batch.into_iter().zip(stamps) {
+                    let room = message.room.clone();
+                    self.fanout.publish(&room, message.delivery(stamp));
+                    let _ = done.send(Ok(stamp));
+                }
+            }
+            Err(err) => {
+                let reason = describe(&err);
+                self.health.fail(reason.clone());
+                for (_, done) in batch {
+                    let _ = done.send(Err(HistoryError::Unavailable(reason.clone())));
+                }
+            }
+        }
+    }
+
+    /// The transaction itself. The rooms it touched are returned rather than
+    /// changed in place, so a failed transaction leaves the ids as they were.
+    #[allow(clippy::type_complexity)]
+    fn write(
+        &mut self,
+        batch: &[(NewMessage, oneshot::Sender<Result<Stamp, HistoryError>>)],
+        ts: u64,
+    ) -> rusqlite::Result<(Vec<Stamp>, HashMap<String, RoomRow>)> {
+        let tx = self.conn.transaction()?;
+        let mut touched: HashMap<String, RoomRow> = HashMap::new();
+        let mut stamps = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (room, id, ts, nick, text, cid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (message, _) in batch {
+                let row = match touched.get_mut(&*message.room) {
+                    Some(row) => row,
+                    None => {
+                        let row = match self.rooms.get(&*message.room) {
+                            Some(row) => *row,
+                            None => {
+                                tx.execute(
+                                    "INSERT INTO rooms (name, last_id) VALUES (?1, 0)",
+                                    params![&*message.room],
+                                )?;
+                                RoomRow {
+                                    key: tx.last_insert_rowid(),
+                                    last_id: 0,
+                                    pruned_through: 0,
+                                }
+                            }
+                        };
+                        touched.entry(message.room.to_string()).or_insert(row)
+                    }
+                };
+                row.last_id += 1;
+                let stamp = Stamp {
+                    id: row.last_id,
+                    ts,
+                };
+                insert.execute(params![
+                    row.key,
+                    stamp.id as i64,
+                    ts as i64,
+                    &*message.from,
+                    message.text,
+                    message.cid
+                ])?;
+                stamps.push(stamp);
+            }
+            let mut update = tx.prepare_cached("UPDATE rooms SET last_id = ?1 WHERE id = ?2")?;
+            for row in touched.values() {
+                update.execute(params![row.last_id as i64, row.key])?;
+            }
+        }
+        tx.commit()?;
+        Ok((stamps, touched))
+    }
+
+    /// A small write, to learn whether the store works again.
+    fn probe(&mut self) {
+        let result = self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?1)",
+            params![now_ms() as i64],
+        );
+        match result {
+            Ok(_) => self.health.recover(),
+            Err(err) => self.health.fail(describe(&err)),
+        }
+    }
+
+    /// Deletes one batch of messages past `--retain` in each room over it.
+    fn prune(&mut self) {
+        for row in self.rooms.values_mut() {
+            let cutoff = row.last_id.saturating_sub(self.retain);
+            if cutoff <= row.pruned_through {
+                continue;
+            }
+            let through = cutoff.min(row.pruned_through + PRUNE_BATCH);
+            let result = self.conn.execute(
+                "DELETE FROM messages WHERE room = ?1 AND id > ?2 AND id <= ?3",
+                params![row.key, row.pruned_through as i64, through as i64],
+            );
+            match result {
+                Ok(_) => row.pruned_through = through,
+                // Tried again next time; writes report trouble themselves.
+                Err(err) => return warn!("pruning history failed: {}", describe(&err)),
+            }
+        }
+    }
+}
+
+/// A short description of a SQLite error (`disk I/O error`, `database or disk is full`).
+fn describe(err: &rusqlite::Error) -> String {
+    match err {
+        rusqlite::Error::SqliteFailure(code, Some(text)) if !text.is_empty() => {
+            format!("{text} ({:?})", code.code)
+        }
+        other => other.to_string(),
+    }
+}
+
+impl History for SqliteHistory {
+    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Stamp, HistoryError>> {
+        Box::pin(async move {
+            let (done, answer) = oneshot::channel();
+            let gone = || HistoryError::Unavailable("the history writer has stopped".into());
+            self.jobs
+                .send(Job::Append { message, done })
+                .await
+                .map_err(|_| gone())?;
+            answer.await.map_err(|_| gone())?
+        })
+    }
+
+    fn read(
+        &self,
+        room: &str,
+        since: Since,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, HistoryError>> {
+        let reader = self.reader.clone();
+        let room = room.to_owned();
+        let epoch = self.epoch;
+        Box::pin(async move {
+            let read = tokio::task::spawn_blocking(move || {
+                let conn = lock(&reader);
+                read_page(&conn, &room, since, limit)
+            });
+            let messages = match read.await {
+                Ok(Ok(messages)) => messages,
+                Ok(Err(err)) => return Err(HistoryError::Unavailable(describe(&err))),
+                Err(err) => return Err(HistoryError::Unavailable(err.to_string())),
+            };
+            Ok(Page { epoch, messages })
+        })
+    }
+
+    fn trouble(&self) -> Option<String> {
+        self.health
+            .failing
+            .load(Ordering::Relaxed)
+            .then(|| lock(&self.health.reason).clone())
+    }
+}
+
+fn read_page(
+    conn: &Connection,
+    room: &str,
+    since: Since,
+    limit: usize,
+) -> rusqlite::Result<Vec<Stored>> {
+    let Some(key) = conn
+        .prepare_cached("SELECT id FROM rooms WHERE name = ?1")?
+        .query_row(params![room], |r| r.get::<_, i64>(0))
+        .optional()?
+    else {
+        return Ok(Vec::new());
+    };
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let row = |r: &rusqlite::Row<'_>| {
+        Ok(Stored {
+            id: r.get::<_, i64>(0)? as u64,
+            ts: r.get::<_, i64>(1)? as u64,
+            from: r.get(2)?,
+            text: r.get(3)?,
+            cid: r.get(4)?,
+        })
+    };
+    match since {
+        Since::Recent => {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, ts, nick, text, cid FROM messages WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let mut messages = statement
+                .query_map(params![key, limit], row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            messages.reverse();
+            Ok(messages)
+        }
+        Since::After(after) => {
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let mut statement = conn.prepare_cached(
+                "SELECT id, ts, nick, text, cid FROM messages WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            statement
+                .query_map(params![key, after, limit], row)?
+                .collect()
+        }
+    }
+}

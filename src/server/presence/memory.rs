@@ -1,0 +1,169 @@
+//! Presence within one process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{Member, Presence, PrivateMessage};
+use crate::protocol::{ErrorCode, Rejection, RoomInfo};
+use crate::server::ConnId;
+use crate::server::history::BoxFuture;
+use crate::server::lock;
+
+/// The registry of this process's connected peers.
+#[derive(Debug, Default)]
+pub struct MemoryPresence {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Lower-cased nick to connection.
+    by_nick: HashMap<String, ConnId>,
+    members: HashMap<ConnId, Member>,
+    /// Members per room, kept so a room's size costs no scan.
+    room_sizes: HashMap<Arc<str>, usize>,
+}
+
+impl State {
+    fn enter(&mut self, room: &Arc<str>) {
+        *self.room_sizes.entry(room.clone()).or_default() += 1;
+    }
+
+    fn exit(&mut self, room: &Arc<str>) {
+        if let Some(size) = self.room_sizes.get_mut(room) {
+            *size -= 1;
+            if *size == 0 {
+                self.room_sizes.remove(room);
+            }
+        }
+    }
+}
+
+impl MemoryPresence {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn rename_now(&self, id: ConnId, new: &str) -> Result<Arc<str>, Rejection> {
+        let mut state = self.lock();
+        let key = new.to_ascii_lowercase();
+        if state.by_nick.get(&key).is_some_and(|&owner| owner != id) {
+            return Err(Rejection::new(
+                ErrorCode::NickTaken,
+                format!("nickname {new} is already in use"),
+            ));
+        }
+        let member = state
+            .members
+            .get_mut(&id)
+            .ok_or_else(|| Rejection::new(ErrorCode::Internal, "connection is not registered"))?;
+        let old = std::mem::replace(&mut member.nick, new.into());
+        state.by_nick.remove(&old.to_ascii_lowercase());
+        state.by_nick.insert(key, id);
+        Ok(old)
+    }
+
+    fn who_now(&self, room: &str) -> Vec<String> {
+        let state = self.lock();
+        let mut nicks: Vec<String> = state
+            .members
+            .values()
+            .filter(|m| &*m.room == room)
+            .map(|m| m.nick.to_string())
+            .collect();
+        nicks.sort_by_key(|n| n.to_ascii_lowercase());
+        nicks
+    }
+
+    fn rooms_now(&self) -> Vec<RoomInfo> {
+        let state = self.lock();
+        let sorted: BTreeMap<&str, usize> = state
+            .room_sizes
+            .iter()
+            .map(|(name, &size)| (&**name, size))
+            .collect();
+        sorted
+            .into_iter()
+            .map(|(name, members)| RoomInfo {
+                name: name.to_owned(),
+                members,
+            })
+            .collect()
+    }
+
+    fn send_now(&self, to: &str, message: &PrivateMessage) -> Result<String, Rejection> {
+        let target = {
+            let state = self.lock();
+            state
+                .by_nick
+                .get(&to.to_ascii_lowercase())
+                .and_then(|id| state.members.get(id))
+                .cloned()
+        };
+        let Some(target) = target else {
+            return Err(Rejection::new(
+                ErrorCode::NoSuchUser,
+                format!("no such user: {to}"),
+            ));
+        };
+        let frame = message.frame(&target.nick, None);
+        if target.mailbox.post(frame.render(target.mode)).is_err() {
+            return Err(Rejection::new(
+                ErrorCode::Internal,
+                format!("{} cannot receive messages right now", target.nick),
+            ));
+        }
+        Ok(target.nick.to_string())
+    }
+}
+
+impl Presence for MemoryPresence {
+    fn register(&self, id: ConnId, member: Member) {
+        let mut state = self.lock();
+        state.by_nick.insert(member.nick.to_ascii_lowercase(), id);
+        state.enter(&member.room);
+        state.members.insert(id, member);
+    }
+
+    fn unregister(&self, id: ConnId) -> Option<(Arc<str>, Arc<str>)> {
+        let mut state = self.lock();
+        let member = state.members.remove(&id)?;
+        state.by_nick.remove(&member.nick.to_ascii_lowercase());
+        state.exit(&member.room);
+        Some((member.nick, member.room))
+    }
+
+    fn set_room(&self, id: ConnId, room: Arc<str>) {
+        let mut state = self.lock();
+        let Some(member) = state.members.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut member.room, room.clone());
+        state.exit(&old);
+        state.enter(&room);
+    }
+
+    fn room_size(&self, room: &str) -> usize {
+        self.lock().room_sizes.get(room).copied().unwrap_or(0)
+    }
+
+    fn rename(&self, id: ConnId, new: &str) -> BoxFuture<'_, Result<Arc<str>, Rejection>> {
+        Box::pin(std::future::ready(self.rename_now(id, new)))
+    }
+
+    fn who(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, Rejection>> {
+        Box::pin(std::future::ready(Ok(self.who_now(room))))
+    }
+
+    fn rooms(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, Rejection>> {
+        Box::pin(std::future::ready(Ok(self.rooms_now())))
+    }
+
+    fn send_private(
+        &self,
+        to: &str,
+        message: PrivateMessage,
+    ) -> BoxFuture<'_, Result<String, Rejection>> {
+        Box::pin(std::future::ready(self.send_now(to, &message)))
+    }
+}

@@ -1,0 +1,131 @@
+//! Presence: who is connected under which nick, who is in which room, and
+//! delivery of private messages to a nick wherever it is connected.
+
+mod memory;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+pub use memory::MemoryPresence;
+
+use super::ConnId;
+use super::history::BoxFuture;
+use super::lock;
+use crate::protocol::{Mode, Rejection, RoomInfo, ServerFrame};
+
+/// How many private messages may wait for one connection.
+pub const DIRECT_CAPACITY: usize = 64;
+
+/// The registry of connected peers.
+///
+/// Registering, moving and leaving never wait (a shared backend queues them);
+/// what answers a question or may be refused is async and fallible.
+pub trait Presence: Send + Sync + fmt::Debug {
+    /// Adds a connection under its initial name (its `IP:PORT`).
+    fn register(&self, id: ConnId, member: Member);
+
+    /// Removes a connection, freeing its nick; returns its last nick and room.
+    fn unregister(&self, id: ConnId) -> Option<(Arc<str>, Arc<str>)>;
+
+    /// Records that connection `id` moved to `room`.
+    fn set_room(&self, id: ConnId, room: Arc<str>);
+
+    /// How many connections are in `room`, as far as this node knows.
+    fn room_size(&self, room: &str) -> usize;
+
+    /// Gives connection `id` the nick `new` (already validated); returns the old one.
+    ///
+    /// # Errors
+    /// `nick_taken` when another connection holds it (in any case).
+    fn rename(&self, id: ConnId, new: &str) -> BoxFuture<'_, Result<Arc<str>, Rejection>>;
+
+    /// The nicks in `room`, sorted case-insensitively.
+    fn who(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, Rejection>>;
+
+    /// Every room with someone in it, by name.
+    fn rooms(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, Rejection>>;
+
+    /// Delivers a private message to whoever holds nick `to`; returns the
+    /// recipient's nick as it is spelled.
+    ///
+    /// # Errors
+    /// `no_such_user`, or `internal` when the recipient's mailbox is full.
+    fn send_private(
+        &self,
+        to: &str,
+        message: PrivateMessage,
+    ) -> BoxFuture<'_, Result<String, Rejection>>;
+}
+
+/// A private message before it is addressed (the recipient's spelling of its
+/// nick is filled in on delivery).
+#[derive(Debug, Clone)]
+pub struct PrivateMessage {
+    /// The sender's nick.
+    pub from: String,
+    /// The text.
+    pub text: String,
+    /// When it was sent, in ms since the Unix epoch.
+    pub ts: u64,
+}
+
+impl PrivateMessage {
+    /// The frame as addressed to `to`.
+    pub fn frame(&self, to: &str, cid: Option<String>) -> ServerFrame {
+        ServerFrame::Private {
+            from: self.from.clone(),
+            to: to.to_owned(),
+            text: self.text.clone(),
+            ts: self.ts,
+            cid,
+        }
+    }
+}
+
+/// One connected peer as the rest of the server sees it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its nick, or `IP:PORT` until it chose one.
+    pub nick: Arc<str>,
+    /// The room it is in.
+    pub room: Arc<str>,
+    /// How it talks.
+    pub mode: Mode,
+    /// Where private messages for it go.
+    pub mailbox: Arc<Mailbox>,
+}
+
+/// Private messages waiting for one connection, rendered for its mode.
+///
+/// A lock and a `Notify` rather than a channel: every connection has one and
+/// almost all stay empty, and an empty one costs about 100 bytes where a
+/// tokio channel allocates over 1 KiB up front.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<String>>,
+    /// Signalled after each post; holds one permit if nobody waits.
+    pub posted: Notify,
+}
+
+impl Mailbox {
+    /// Leaves a message; gives it back if `DIRECT_CAPACITY` already wait.
+    pub fn post(&self, text: String) -> Result<(), String> {
+        {
+            let mut queue = lock(&self.queue);
+            if queue.len() >= DIRECT_CAPACITY {
+                return Err(text);
+            }
+            queue.push_back(text);
+        }
+        self.posted.notify_one();
+        Ok(())
+    }
+
+    /// Takes every waiting message, oldest first.
+    pub fn take(&self) -> VecDeque<String> {
+        std::mem::take(&mut *lock(&self.queue))
+    }
+}

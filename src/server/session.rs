@@ -1,0 +1,425 @@
+//! One task per connection: after the handshake, one `select!` loop that
+//! reads requests, forwards room events and private messages, pings, and
+//! closes.
+//!
+//! Incoming frames are parsed by a [`FrameReader`]; outgoing frames are queued
+//! on the connection's [`Wire`] without flushing, and the loop drains
+//! everything the room feed already holds and then writes it all with one
+//! (vectored) write. The socket keeps being read while a flush is pending, so
+//! pings and close frames are still answered, and a peer that stops reading
+//! only ever delays itself: once more than `--max-lag` frames wait for it, it
+//! is closed with 1013. What a request does is in [`super::commands`].
+
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::ReadBuf;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::Shared;
+use super::commands::{Conn, Replies};
+use super::fanout::{Delivery, FeedError};
+use super::frames::{FrameReader, Incoming, Violation};
+use super::handshake;
+use super::presence::Mailbox;
+use super::wire::{Transport, Wire};
+use crate::protocol::{ErrorCode, Mode, Rejection, ServerFrame, parse_json, parse_plain};
+
+/// How long a closing connection waits for its close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a connection closed for being too slow gets to read what is
+/// already queued for it plus the 1013 close frame behind it.
+const TOO_SLOW_GRACE: Duration = Duration::from_secs(10);
+/// Most room events taken in one go before they are written out.
+const DRAIN_BATCH: usize = 1024;
+/// The most read from the socket at once (into a buffer on the stack).
+const READ_CHUNK: usize = 8192;
+/// Close codes the server sends.
+const GOING_AWAY: u16 = 1001;
+const TRY_AGAIN_LATER: u16 = 1013;
+
+/// Serves one accepted connection from handshake to close.
+///
+/// `slot` is this connection's share of `--max-connections`; without one the
+/// handshake is answered with 503.
+pub(super) async fn serve<S: Transport>(
+    mut stream: S,
+    peer: SocketAddr,
+    slot: Option<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let Some((mode, slot)) = handshake::accept(&mut stream, peer, slot, &shared, &shutdown).await
+    else {
+        return;
+    };
+    info!("New connection from {peer}");
+    let mut session = Session::start(Wire::new(stream), peer, mode, shared).await;
+    let ended = session.run(&shutdown).await;
+    drop(session);
+    drop(slot);
+    match ended {
+        Ended::Clean => info!("Client {peer} disconnected"),
+        Ended::Because(reason) => info!("Client {peer} disconnected: {reason}"),
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    /// The peer closed the WebSocket properly.
+    Clean,
+    /// Anything else, in words for the log.
+    Because(String),
+}
+
+/// What woke the session loop.
+enum Wake {
+    Shutdown,
+    Socket(SocketEvent),
+    Room(Result<Arc<Delivery>, FeedError>),
+    Mail,
+    Tick,
+}
+
+/// Progress on the socket.
+enum SocketEvent {
+    /// A frame or message from the peer.
+    Incoming(Incoming),
+    /// The peer closed the TCP connection.
+    Eof,
+    /// The peer broke the protocol.
+    Violation(Violation),
+    Failed(io::Error),
+    /// Everything queued has been written.
+    Flushed,
+}
+
+/// Polls the socket for whichever comes first: a pending flush finishing or
+/// (when `read`) something from the peer.
+fn poll_socket<S: Transport>(
+    wire: &mut Wire<S>,
+    reader: &mut FrameReader,
+    flushing: bool,
+    read: bool,
+    cx: &mut Context<'_>,
+) -> Poll<SocketEvent> {
+    if flushing {
+        match wire.poll_flush(cx) {
+            Poll::Ready(Ok(())) => return Poll::Ready(SocketEvent::Flushed),
+            Poll::Ready(Err(err)) => return Poll::Ready(SocketEvent::Failed(err)),
+            Poll::Pending => {}
+        }
+    }
+    if !read {
+        return Poll::Pending;
+    }
+    loop {
+        if let Some(item) = reader.take() {
+            return Poll::Ready(SocketEvent::Incoming(item));
+        }
+        // Uninitialised: this runs on every wake-up, and zeroing 8 KiB each
+        // time would cost more than the read.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        if let Err(err) = ready!(wire.poll_read(cx, &mut buf)) {
+            return Poll::Ready(SocketEvent::Failed(err));
+        }
+        if buf.filled().is_empty() {
+            return Poll::Ready(SocketEvent::Eof);
+        }
+        if let Err(violation) = reader.feed(buf.filled()) {
+            return Poll::Ready(SocketEvent::Violation(violation));
+        }
+    }
+}
+
+/// One connected peer.
+struct Session<S> {
+    conn: Conn,
+    shared: Arc<Shared>,
+    wire: Wire<S>,
+    reader: FrameReader,
+    mailbox: Arc<Mailbox>,
+    last_heard: Instant,
+    /// Answers a command produced, reused between commands.
+    replies: Replies,
+}
+
+impl<S: Transport> Session<S> {
+    /// Registers the peer, greets it, and puts it in the default room.
+    async fn start(wire: Wire<S>, peer: SocketAddr, mode: Mode, shared: Arc<Shared>) -> Self {
+        let mailbox = Arc::new(Mailbox::default());
+        let mut replies = Replies::new();
+        let id = shared.next_conn_id();
+        let conn = Conn::start(id, peer, mode, &shared, mailbox.clone(), &mut replies).await;
+        let mut session = Self {
+            conn,
+            reader: FrameReader::new(shared.config.max_frame_bytes),
+            shared,
+            wire,
+            mailbox,
+            last_heard: Instant::now(),
+            replies,
+        };
+        session.send_replies();
+        session
+    }
+
+    /// The session loop; returns how it ended (after closing the socket).
+    async fn run(&mut self, shutdown: &CancellationToken) -> Ended {
+        let every = self.shared.config.ping_every();
+        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Made once: a fresh one per turn would join and leave the token's
+        // waiter list every time.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mailbox = self.mailbox.clone();
+        let mail = mailbox.posted.notified();
+        tokio::pin!(mail);
+        if let Err(lag) = self.drain_room() {
+            return self.too_slow(lag, shutdown).await;
+        }
+        loop {
+            // A replay goes out a page at a time, each once the one before
+            // has been written. Meanwhile requests wait (they are answered in
+            // order) and so do live events (they come after the replay).
+            while self.conn.replay.is_some() && !self.wire.has_pending() {
+                self.conn
+                    .continue_replay(&self.shared, &mut self.replies)
+                    .await;
+                self.send_replies();
+                if let Err(err) = self.try_flush().await {
+                    return Ended::Because(err.to_string());
+                }
+            }
+            let wake = {
+                let flushing = self.wire.has_pending();
+                let replaying = self.conn.replay.is_some();
+                let wire = &mut self.wire;
+                let reader = &mut self.reader;
+                let feed = &mut self.conn.feed;
+                tokio::select! {
+                    biased;
+                    () = &mut cancelled => Wake::Shutdown,
+                    event = poll_fn(|cx| poll_socket(wire, reader, flushing, !replaying, cx)) => Wake::Socket(event),
+                    event = feed.next(), if !replaying => Wake::Room(event),
+                    () = &mut mail => Wake::Mail,
+                    _ = ping.tick() => Wake::Tick,
+                }
+            };
+            match wake {
+                Wake::Shutdown => {
+                    self.close(GOING_AWAY, "server shutting down").await;
+                    return Ended::Because("server shutting down".into());
+                }
+                Wake::Socket(SocketEvent::Incoming(item)) => {
+                    self.last_heard = Instant::now();
+                    if let Incoming::Close(code) = item {
+                        // Echo the peer's code, then hang up (the server
+                        // closes the TCP connection first, as RFC 6455 asks).
+                        self.wire.push_close(code.map(|(code, _)| code), "");
+                        let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
+                        return Ended::Clean;
+                    }
+                    self.on_incoming(item).await;
+                    // A peer that keeps sending keeps this branch ready;
+                    // the room must not wait for it to stop.
+                    if let Err(lag) = self.drain_room() {
+                        return self.too_slow(lag, shutdown).await;
+                    }
+                }
+                Wake::Socket(SocketEvent::Eof) => return Ended::Clean,
+                Wake::Socket(SocketEvent::Violation(violation)) => {
+                    let reason = violation.to_string();
+                    self.wire.push_close(Some(violation.close_code()), &reason);
+                    let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
+                    return Ended::Because(reason);
+                }
+                Wake::Socket(SocketEvent::Failed(err)) => return Ended::Because(err.to_string()),
+                Wake::Socket(SocketEvent::Flushed) => {}
+                Wake::Room(Ok(delivery)) => {
+                    self.deliver(&delivery);
+                    if let Err(lag) = self.drain_room() {
+                        return self.too_slow(lag, shutdown).await;
+                    }
+                }
+                Wake::Room(Err(lag)) => return self.too_slow(lag, shutdown).await,
+                Wake::Mail => {
+                    mail.set(mailbox.posted.notified());
+                    for text in mailbox.take() {
+                        self.wire.push_text(text.as_bytes());
+                    }
+                }
+                Wake::Tick => {
+                    if self.last_heard.elapsed() >= self.shared.config.idle_after() {
+                        self.close(GOING_AWAY, "idle timeout").await;
+                        return Ended::Because("idle timeout".into());
+                    }
+                    self.wire.push_ping();
+                }
+            }
+            if self.wire.queued() > self.shared.config.max_lag {
+                return self.too_slow(FeedError::Lagged(0), shutdown).await;
+            }
+            if let Err(err) = self.try_flush().await {
+                return Ended::Because(err.to_string());
+            }
+        }
+    }
+
+    /// Writes now what is queued, if the socket takes it; what it does not
+    /// take is finished by the loop as the socket drains.
+    async fn try_flush(&mut self) -> io::Result<()> {
+        if self.wire.has_pending() {
+            let flushed = poll_fn(|cx| Poll::Ready(self.wire.poll_flush(cx))).await;
+            if let Poll::Ready(Err(err)) = flushed {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes whatever the room feed already holds, up to a batch (none
+    /// while a replay is still going out: live events come after it).
+    fn drain_room(&mut self) -> Result<(), FeedError> {
+        if self.conn.replay.is_some() {
+            return Ok(());
+        }
+        for _ in 0..DRAIN_BATCH {
+            match self.conn.feed.try_next()? {
+                Some(delivery) => self.deliver(&delivery),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a connection that fell too far behind (1013), and says so.
+    ///
+    /// The peer leaves its room at once; the close frame queues behind what
+    /// the peer has not read yet, so it gets a longer grace to arrive.
+    async fn too_slow(&mut self, lag: FeedError, shutdown: &CancellationToken) -> Ended {
+        let skipped = match lag {
+            FeedError::Lagged(skipped) => skipped,
+            FeedError::Closed => return Ended::Because("room closed".into()),
+        };
+        let behind = self.wire.queued() as u64 + skipped;
+        self.conn.leave();
+        self.wire.push_close(Some(TRY_AGAIN_LATER), "too slow");
+        tokio::select! {
+            _ = timeout(TOO_SLOW_GRACE, self.close_handshake()) => {}
+            () = shutdown.cancelled() => {}
+        }
+        Ended::Because(format!("too slow ({behind} messages behind)"))
+    }
+
+    /// Sends a close frame and waits (bounded) for the close handshake.
+    async fn close(&mut self, code: u16, reason: &str) {
+        self.wire.push_close(Some(code), reason);
+        let _ = timeout(CLOSE_GRACE, self.close_handshake()).await;
+    }
+
+    /// Writes what is queued (our close frame last), waits for the peer's
+    /// close frame (or for it to hang up), then hangs up. The peer is read
+    /// all along, so one that writes without reading cannot stall it.
+    async fn close_handshake(&mut self) {
+        let mut flushed = false;
+        loop {
+            let event =
+                poll_fn(|cx| poll_socket(&mut self.wire, &mut self.reader, !flushed, true, cx))
+                    .await;
+            match event {
+                SocketEvent::Flushed => flushed = true,
+                SocketEvent::Incoming(Incoming::Close(_)) | SocketEvent::Eof => break,
+                SocketEvent::Violation(_) | SocketEvent::Failed(_) => return,
+                SocketEvent::Incoming(_) => {}
+            }
+        }
+        let _ = poll_fn(|cx| self.wire.poll_shutdown(cx)).await;
+    }
+
+    /// Writes what is queued (a close frame last) and closes our side.
+    async fn hang_up(&mut self) {
+        if poll_fn(|cx| self.wire.poll_flush(cx)).await.is_ok() {
+            let _ = poll_fn(|cx| self.wire.poll_shutdown(cx)).await;
+        }
+    }
+
+    /// Queues the answers the last command produced, for this connection only.
+    fn send_replies(&mut self) {
+        for frame in self.replies.drain(..) {
+            self.wire.push_text(frame.render(self.conn.mode).as_bytes());
+        }
+    }
+
+    /// Queues one room event, using the shared pre-rendered bytes where it can.
+    fn deliver(&mut self, delivery: &Delivery) {
+        if delivery.origin == self.conn.id && delivery.id().is_some() {
+            match (self.conn.mode, &delivery.cid) {
+                // Plain mode never echoes a message to its sender.
+                (Mode::Plain, _) => return,
+                // The sender's copy carries its cid: that is its acknowledgement.
+                (Mode::Json, Some(cid)) => {
+                    let mut frame = delivery.frame.clone();
+                    if let ServerFrame::Message { cid: slot, .. } = &mut frame {
+                        *slot = Some(cid.clone());
+                    }
+                    return self.wire.push_text(frame.to_json().as_bytes());
+                }
+                (Mode::Json, None) => {}
+            }
+        }
+        self.queue(delivery.wire(self.conn.mode));
+    }
+
+    /// Queues an encoded frame shared with other connections.
+    fn queue(&mut self, frame: &Bytes) {
+        self.wire.push_shared(frame);
+    }
+
+    /// Handles one message or control frame from the peer (not close).
+    async fn on_incoming(&mut self, item: Incoming) {
+        match item {
+            Incoming::Text(text) => {
+                let parsed = match self.conn.mode {
+                    Mode::Plain => parse_plain(&text),
+                    Mode::Json => parse_json(&text),
+                };
+                match parsed {
+                    Ok(request) => {
+                        self.conn
+                            .apply(request, &self.shared, &mut self.replies)
+                            .await;
+                    }
+                    Err(rejection) => self.replies.push(ServerFrame::error(rejection, None)),
+                }
+                self.send_replies();
+            }
+            Incoming::Binary => {
+                let rejection = Rejection::new(
+                    ErrorCode::BinaryUnsupported,
+                    "binary frames are not supported: send text",
+                );
+                self.wire.push_text(
+                    ServerFrame::error(rejection, None)
+                        .render(self.conn.mode)
+                        .as_bytes(),
+                );
+            }
+            // A pong counts against --max-lag like any other frame, so a peer
+            // that pings and never reads is closed rather than piling them up.
+            Incoming::Ping(payload) => self.wire.push_pong(&payload),
+            Incoming::Pong | Incoming::Close(_) => {}
+        }
+    }
+}
