@@ -586,4 +586,30 @@ mod tests {
         );
         assert_eq!(err.to_plain(), "! nickname alice is already in use");
     }
+
+    #[test]
+    fn gaps_render_what_is_known() {
+        let gap = |after, first| ServerFrame::Gap {
+            room: "lobby".into(),
+            epoch: 9,
+            after,
+            first,
+        };
+        assert_eq!(
+            gap(Some(3), Some(124)).to_plain(),
+            "! 120 earlier messages are no longer stored"
+        );
+        assert_eq!(
+            gap(Some(3), Some(5)).to_plain(),
+            "! 1 earlier message is no longer stored"
+        );
+        assert_eq!(
+            gap(None, None).to_plain(),
+            "! some earlier messages were not kept"
+        );
+        assert_eq!(
+            gap(None, None).to_json(),
+            r#"{"type":"gap","room":"lobby","epoch":9}"#
+        );
+    }
 }

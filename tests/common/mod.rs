@@ -179,6 +179,17 @@ impl Peer {
         }
     }
 
+    /// The next frame other than ping/pong; `None` once the stream ended
+    /// or broke (a server killed mid-stream resets the connection).
+    pub async fn next_or_end(&mut self) -> Option<Message> {
+        loop {
+            let message = within("a frame", self.ws.next()).await?.ok()?;
+            if !message.is_ping() && !message.is_pong() {
+                return Some(message);
+            }
+        }
+    }
+
     /// The next frame of any kind, pings included.
     pub async fn next_any(&mut self) -> Message {
         within("a frame", self.ws.next())
@@ -373,6 +384,13 @@ impl Proc {
             .await
             .expect("wait");
         status.code().expect("exited normally")
+    }
+
+    /// Waits for the process to end, by exit or by signal.
+    pub async fn ended(&mut self) -> std::process::ExitStatus {
+        within("process end", self.child.wait())
+            .await
+            .expect("wait")
     }
 
     /// Sends a signal by name (TERM, INT, KILL).

@@ -144,6 +144,7 @@ pub struct Page {
 
 /// Why history could not be opened, written or read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HistoryError {
     /// The store cannot take or give messages right now.
     #[error("history is unavailable: {0}")]
@@ -156,10 +157,16 @@ pub enum HistoryError {
         /// The newest version this build knows.
         supported: i64,
     },
-    /// SQLite refused the file.
-    #[error(transparent)]
-    Sqlite(#[from] rusqlite::Error),
+    /// SQLite refused the file or an operation on it.
+    #[error("{}", sqlite::describe(.0))]
+    Sqlite(rusqlite::Error),
     /// The file or its directory cannot be used.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<rusqlite::Error> for HistoryError {
+    fn from(err: rusqlite::Error) -> Self {
+        Self::Sqlite(err)
+    }
 }

@@ -121,6 +121,7 @@ impl SqliteHistory {
         sync: DbSync,
         fanout: Arc<dyn Fanout>,
     ) -> Result<Self, HistoryError> {
+        survive_file_size_limit()?;
         let mut writer = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -163,7 +164,7 @@ impl SqliteHistory {
             retain,
             fanout,
             health: health.clone(),
-            pruned_at: Instant::now(),
+            pruned_at: None,
         };
         std::thread::Builder::new()
             .name("wschat-history".into())
@@ -176,6 +177,18 @@ impl SqliteHistory {
             health,
         })
     }
+}
+
+/// Makes a write past the process's file size limit (`ulimit -f`) fail
+/// with an error, which the writer reports, instead of SIGXFSZ killing the
+/// server. Installing tokio's handler replaces the default action for good.
+fn survive_file_size_limit() -> Result<(), HistoryError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        drop(signal(SignalKind::from_raw(nix::libc::SIGXFSZ))?);
+    }
+    Ok(())
 }
 
 /// Creates the schema in a new file, migrates an older one, refuses a newer one.
@@ -256,7 +269,8 @@ struct Writer {
     retain: u64,
     fanout: Arc<dyn Fanout>,
     health: Arc<Health>,
-    pruned_at: Instant,
+    /// When rooms were last pruned; `None` prunes after the first write.
+    pruned_at: Option<Instant>,
 }
 
 impl Writer {
@@ -280,8 +294,8 @@ impl Writer {
             } else if probe {
                 self.probe();
             }
-            if self.pruned_at.elapsed() >= PRUNE_EVERY {
-                self.pruned_at = Instant::now();
+            if self.pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                self.pruned_at = Some(Instant::now());
                 self.prune();
             }
         }
@@ -404,12 +418,17 @@ impl Writer {
     }
 }
 
-/// A short description of a SQLite error (`disk I/O error`, `database or disk is full`).
-fn describe(err: &rusqlite::Error) -> String {
+/// A short lowercase description of a SQLite error (`disk I/O error`,
+/// `file is not a database`), without SQLite's numbers.
+pub(super) fn describe(err: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode::CannotOpen;
     match err {
-        rusqlite::Error::SqliteFailure(code, Some(text)) if !text.is_empty() => {
-            format!("{text} ({:?})", code.code)
+        rusqlite::Error::SqliteFailure(code, _) if code.code == CannotOpen => {
+            "cannot open the file (does its directory exist, and may the server write there?)"
+                .into()
         }
+        rusqlite::Error::SqliteFailure(_, Some(text)) if !text.is_empty() => text.clone(),
+        rusqlite::Error::SqliteFailure(code, None) => code.to_string().to_lowercase(),
         other => other.to_string(),
     }
 }

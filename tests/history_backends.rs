@@ -1,0 +1,178 @@
+//! One test set for the history interface, run against every backend, plus
+//! what only a durable backend promises (restart, pruning).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::within;
+use wschat::config::DbSync;
+use wschat::server::ConnId;
+use wschat::server::fanout::{Fanout, MemoryFanout, RoomFeed};
+use wschat::server::history::{History, MemoryHistory, NewMessage, Since, SqliteHistory, Stamp};
+
+const ORIGIN: ConnId = ConnId { node: 7, seq: 1 };
+
+fn message(room: &str, text: &str) -> NewMessage {
+    NewMessage {
+        origin: ORIGIN,
+        room: room.into(),
+        from: "alice".into(),
+        text: text.into(),
+        cid: Some(format!("c-{text}")),
+    }
+}
+
+async fn append(history: &dyn History, room: &str, text: &str) -> Stamp {
+    within("append", history.append(message(room, text)))
+        .await
+        .expect("append")
+}
+
+async fn ids(history: &dyn History, room: &str, since: Since, limit: usize) -> Vec<u64> {
+    let page = within("read", history.read(room, since, limit))
+        .await
+        .expect("read");
+    page.messages.iter().map(|m| m.id).collect()
+}
+
+/// Ids of the messages a feed holds right now.
+fn drain(feed: &mut RoomFeed) -> Vec<u64> {
+    let mut ids = Vec::new();
+    while let Some(event) = feed.try_next().expect("no lag") {
+        ids.extend(event.id());
+    }
+    ids
+}
+
+/// Everything every history backend must do.
+async fn suite(history: &dyn History, fanout: &dyn Fanout) {
+    // Ids start at 1 and go up by one, per room.
+    let mut lobby = fanout.subscribe("lobby");
+    let mut other = fanout.subscribe("other");
+    for n in 1..=5 {
+        let stamp = append(history, "lobby", &format!("m{n}")).await;
+        assert_eq!(stamp.id, n);
+        assert!(stamp.ts > 0);
+    }
+    assert_eq!(append(history, "other", "x").await.id, 1);
+
+    // Each stored message was published once, in id order, to its room only.
+    assert_eq!(drain(&mut lobby), [1, 2, 3, 4, 5]);
+    assert_eq!(drain(&mut other), [1]);
+
+    // Reading back: the most recent, or everything after an id, oldest first.
+    assert_eq!(ids(history, "lobby", Since::Recent, 3).await, [3, 4, 5]);
+    assert_eq!(
+        ids(history, "lobby", Since::Recent, 10).await,
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(ids(history, "lobby", Since::After(2), 10).await, [3, 4, 5]);
+    assert_eq!(ids(history, "lobby", Since::After(2), 2).await, [3, 4]);
+    assert!(ids(history, "lobby", Since::After(5), 10).await.is_empty());
+    assert!(ids(history, "empty", Since::Recent, 10).await.is_empty());
+
+    // What was stored comes back as it went in.
+    let page = history
+        .read("lobby", Since::After(3), 1)
+        .await
+        .expect("read");
+    let stored = &page.messages[0];
+    assert_eq!(
+        (
+            stored.id,
+            &*stored.from,
+            &*stored.text,
+            stored.cid.as_deref()
+        ),
+        (4, "alice", "m4", Some("c-m4"))
+    );
+
+    // One epoch, the same for every read.
+    let epoch = page.epoch;
+    assert_ne!(epoch, 0);
+    let again = history.read("other", Since::Recent, 1).await.expect("read");
+    assert_eq!(again.epoch, epoch);
+    assert_eq!(history.trouble(), None);
+}
+
+#[tokio::test]
+async fn memory_history_meets_the_interface() {
+    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let history = MemoryHistory::new(100, fanout.clone());
+    suite(&history, &*fanout).await;
+}
+
+#[tokio::test]
+async fn memory_history_keeps_only_its_capacity() {
+    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let history = MemoryHistory::new(3, fanout);
+    for n in 1..=5 {
+        append(&history, "lobby", &n.to_string()).await;
+    }
+    assert_eq!(ids(&history, "lobby", Since::After(0), 10).await, [3, 4, 5]);
+}
+
+fn open(path: &std::path::Path, retain: u64, fanout: Arc<dyn Fanout>) -> SqliteHistory {
+    SqliteHistory::open(path, retain, DbSync::Normal, fanout).expect("open")
+}
+
+#[tokio::test]
+async fn sqlite_history_meets_the_interface() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let history = open(&dir.path().join("chat.db"), 100, fanout.clone());
+    suite(&history, &*fanout).await;
+}
+
+#[tokio::test]
+async fn sqlite_history_survives_reopening_with_its_ids_and_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("chat.db");
+    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let first = open(&path, 100, fanout.clone());
+    for n in 1..=3 {
+        append(&first, "lobby", &n.to_string()).await;
+    }
+    let epoch = first
+        .read("lobby", Since::Recent, 1)
+        .await
+        .expect("read")
+        .epoch;
+    drop(first);
+
+    let second = open(&path, 100, fanout);
+    let page = second.read("lobby", Since::Recent, 10).await.expect("read");
+    assert_eq!(page.epoch, epoch);
+    assert_eq!(
+        page.messages.iter().map(|m| &*m.text).collect::<Vec<_>>(),
+        ["1", "2", "3"]
+    );
+    assert_eq!(append(&second, "lobby", "4").await.id, 4);
+}
+
+#[tokio::test]
+async fn sqlite_history_prunes_past_retain_and_never_reuses_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("chat.db");
+    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let history = open(&path, 3, fanout.clone());
+    for n in 1..=10 {
+        append(&history, "lobby", &n.to_string()).await;
+    }
+    drop(history);
+    // The writer prunes right after its first write, in the background; the
+    // answer to the next append proves that turn is over.
+    let history = open(&path, 3, fanout);
+    assert_eq!(append(&history, "lobby", "11").await.id, 11);
+    assert_eq!(append(&history, "lobby", "12").await.id, 12);
+    assert_eq!(
+        ids(&history, "lobby", Since::After(0), 100).await,
+        [9, 10, 11, 12]
+    );
+    // Pruning leaves the ids alone: they continue after the last one.
+    drop(history);
+    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let history = open(&path, 3, fanout);
+    assert_eq!(append(&history, "lobby", "13").await.id, 13);
+}

@@ -1,0 +1,130 @@
+//! One test set for the presence interface and one for the fan-out
+//! interface, run against every backend.
+
+use std::sync::Arc;
+
+use wschat::protocol::{ErrorCode, Mode, RoomInfo};
+use wschat::server::ConnId;
+use wschat::server::fanout::{Delivery, Fanout, FeedError, MemoryFanout};
+use wschat::server::presence::{Mailbox, Member, MemoryPresence, Presence, PrivateMessage};
+
+fn conn(seq: u64) -> ConnId {
+    ConnId { node: 1, seq }
+}
+
+fn member(nick: &str, room: &str, mode: Mode) -> (Member, Arc<Mailbox>) {
+    let mailbox = Arc::new(Mailbox::default());
+    let member = Member {
+        nick: nick.into(),
+        room: room.into(),
+        mode,
+        mailbox: mailbox.clone(),
+    };
+    (member, mailbox)
+}
+
+/// Everything every presence backend must do.
+async fn presence_suite(presence: &dyn Presence) {
+    let (a, a_mail) = member("127.0.0.1:1", "lobby", Mode::Plain);
+    let (b, _) = member("127.0.0.1:2", "lobby", Mode::Json);
+    presence.register(conn(1), a);
+    presence.register(conn(2), b);
+
+    // Nicks are unique case-insensitively; a connection may re-case its own.
+    assert_eq!(
+        &*presence.rename(conn(1), "Alice").await.expect("rename"),
+        "127.0.0.1:1"
+    );
+    let taken = presence.rename(conn(2), "alice").await.expect_err("taken");
+    assert_eq!(taken.code, ErrorCode::NickTaken);
+    assert_eq!(
+        &*presence.rename(conn(1), "alice").await.expect("re-case"),
+        "Alice"
+    );
+    presence.rename(conn(2), "bob").await.expect("rename");
+
+    // Members and rooms.
+    assert_eq!(presence.who("lobby").await.expect("who"), ["alice", "bob"]);
+    presence.set_room(conn(2), "rust".into());
+    assert_eq!(presence.room_size("lobby"), 1);
+    assert_eq!(presence.who("rust").await.expect("who"), ["bob"]);
+    let room = |name: &str, members| RoomInfo {
+        name: name.into(),
+        members,
+    };
+    assert_eq!(
+        presence.rooms().await.expect("rooms"),
+        [room("lobby", 1), room("rust", 1)]
+    );
+
+    // A private message reaches its recipient's mailbox, rendered for its mode.
+    let note = PrivateMessage {
+        from: "bob".into(),
+        text: "psst".into(),
+        ts: 5,
+    };
+    assert_eq!(
+        presence
+            .send_private("ALICE", note.clone())
+            .await
+            .expect("sent"),
+        "alice"
+    );
+    assert_eq!(Vec::from(a_mail.take()), ["[private] bob: psst"]);
+    let missing = presence
+        .send_private("carol", note)
+        .await
+        .expect_err("no one");
+    assert_eq!(missing.code, ErrorCode::NoSuchUser);
+
+    // Leaving frees the nick and says what the connection was called and where.
+    let (nick, room) = presence.unregister(conn(1)).expect("was registered");
+    assert_eq!((&*nick, &*room), ("alice", "lobby"));
+    assert!(presence.unregister(conn(1)).is_none());
+    presence.rename(conn(2), "alice").await.expect("free again");
+    assert_eq!(presence.room_size("lobby"), 0);
+}
+
+#[tokio::test]
+async fn memory_presence_meets_the_interface() {
+    presence_suite(&MemoryPresence::default()).await;
+}
+
+fn notice(text: &str) -> Arc<Delivery> {
+    let frame = wschat::protocol::ServerFrame::Notice { text: text.into() };
+    Arc::new(Delivery::new(conn(1), frame, None))
+}
+
+fn text_of(event: &Delivery) -> String {
+    String::from_utf8_lossy(&event.wire(Mode::Plain)[2..]).into_owned()
+}
+
+/// Everything every fan-out backend must do (`capacity` is 4).
+async fn fanout_suite(fanout: &dyn Fanout) {
+    let mut first = fanout.subscribe("lobby");
+    let mut second = fanout.subscribe("lobby");
+    let mut elsewhere = fanout.subscribe("rust");
+    fanout.publish("lobby", notice("one"));
+    fanout.publish("lobby", notice("two"));
+    for feed in [&mut first, &mut second] {
+        let got = feed.next().await.expect("event");
+        assert_eq!(text_of(&got), "* one");
+        let got = feed.try_next().expect("no lag").expect("event");
+        assert_eq!(text_of(&got), "* two");
+        assert!(feed.try_next().expect("no lag").is_none());
+    }
+    assert!(elsewhere.try_next().expect("no lag").is_none());
+
+    // A subscriber that falls behind is told so, with how much it lost.
+    for n in 0..6 {
+        fanout.publish("lobby", notice(&n.to_string()));
+    }
+    assert_eq!(first.try_next().expect_err("lagged"), FeedError::Lagged(2));
+    // Publishing to a room nobody follows is fine.
+    fanout.publish("empty", notice("nobody"));
+}
+
+#[tokio::test]
+async fn memory_fanout_meets_the_interface() {
+    fanout_suite(&MemoryFanout::new(4)).await;
+}

@@ -1,0 +1,139 @@
+//! A resume that cannot be exact says so with a `gap` frame, whatever keeps
+//! the history: a different epoch, or an id older than what is kept.
+
+mod common;
+
+use common::{Peer, TestServer};
+use wschat::config::ServerConfig;
+use wschat::protocol::ServerFrame;
+
+/// A JSON peer past its welcome and its own `joined`; returns it and the epoch.
+async fn json_peer(url: &str) -> (Peer, u64) {
+    let mut peer = Peer::json(url).await;
+    let ServerFrame::Welcome { epoch, .. } = peer.frame().await else {
+        panic!("expected welcome");
+    };
+    loop {
+        if let ServerFrame::Joined { .. } = peer.frame().await {
+            return (peer, epoch);
+        }
+    }
+}
+
+/// Sends `count` messages and waits for each acknowledgement.
+async fn post(peer: &mut Peer, count: usize) {
+    for n in 1..=count {
+        peer.send(&format!(r#"{{"type":"say","text":"m{n}","cid":"c{n}"}}"#))
+            .await;
+        while !matches!(peer.frame().await, ServerFrame::Message { .. }) {}
+    }
+}
+
+/// Sends `join` with the given resume point, then `who`; returns every frame
+/// up to the `who` answer (requests are answered in order).
+async fn join(peer: &mut Peer, after: u64, epoch: u64) -> Vec<ServerFrame> {
+    peer.send(&format!(
+        r#"{{"type":"join","room":"lobby","after":{after},"epoch":{epoch}}}"#
+    ))
+    .await;
+    peer.send(r#"{"type":"who"}"#).await;
+    let mut frames = Vec::new();
+    loop {
+        match peer.frame().await {
+            ServerFrame::Members { .. } => return frames,
+            frame => frames.push(frame),
+        }
+    }
+}
+
+/// Frames as short strings: `gap`, `gap 1..4` or a message id.
+fn shapes(frames: &[ServerFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|frame| match frame {
+            ServerFrame::Gap {
+                after: None,
+                first: None,
+                ..
+            } => "gap".to_owned(),
+            ServerFrame::Gap {
+                after: Some(after),
+                first: Some(first),
+                ..
+            } => format!("gap {after}..{first}"),
+            ServerFrame::Message { id, history, .. } => {
+                assert!(history, "a replayed message is marked as history");
+                id.to_string()
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+async fn epoch_mismatch_replays_afresh(tweak: impl FnOnce(&mut ServerConfig)) {
+    let server = TestServer::with(|c| {
+        c.history_on_join = 2;
+        tweak(c);
+    })
+    .await;
+    let (mut alice, epoch) = json_peer(&server.url()).await;
+    post(&mut alice, 3).await;
+    let (mut bob, _) = json_peer(&server.url()).await;
+
+    // Same epoch: exactly what came after.
+    assert_eq!(shapes(&join(&mut bob, 1, epoch).await), ["2", "3"]);
+    // Another epoch: the ids mean nothing here; the recent history follows.
+    let frames = join(&mut bob, 1, epoch + 1).await;
+    assert_eq!(shapes(&frames), ["gap", "2", "3"]);
+    let ServerFrame::Gap {
+        room, epoch: now, ..
+    } = &frames[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!((room.as_str(), *now), ("lobby", epoch));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn another_epoch_gets_a_gap_and_the_recent_history_in_memory() {
+    epoch_mismatch_replays_afresh(|_| {}).await;
+}
+
+#[tokio::test]
+async fn another_epoch_gets_a_gap_and_the_recent_history_in_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("chat.db");
+    epoch_mismatch_replays_afresh(|c| c.db = Some(db)).await;
+}
+
+#[tokio::test]
+async fn resuming_before_the_oldest_kept_message_gets_a_gap_with_its_bounds() {
+    let server = TestServer::with(|c| c.history = 3).await;
+    let (mut alice, epoch) = json_peer(&server.url()).await;
+    post(&mut alice, 6).await;
+    let (mut bob, _) = json_peer(&server.url()).await;
+    assert_eq!(
+        shapes(&join(&mut bob, 1, epoch).await),
+        ["gap 1..4", "4", "5", "6"]
+    );
+    // Right at the oldest kept message: no gap.
+    assert_eq!(shapes(&join(&mut bob, 3, epoch).await), ["4", "5", "6"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_replay_is_complete_and_in_order() {
+    // More than one page (512) of replay, sent as the peer reads it.
+    let server = TestServer::with(|c| {
+        c.rate = 0;
+        c.history = 2000;
+    })
+    .await;
+    let (mut alice, epoch) = json_peer(&server.url()).await;
+    post(&mut alice, 1200).await;
+    let (mut bob, _) = json_peer(&server.url()).await;
+    let ids: Vec<String> = (2..=1200).map(|n| n.to_string()).collect();
+    assert_eq!(shapes(&join(&mut bob, 1, epoch).await), ids);
+    server.stop().await;
+}
