@@ -2,7 +2,7 @@
 //! broadcast server by URL and reports delivery, loss, latency and cost.
 //!
 //!     cargo bench --bench fanout -- --url ws://127.0.0.1:2000 --clients 1000 --senders 10 --rate 50 --duration 10 --pid PID
-//!     cargo bench --bench fanout -- --scenario a --pid PID        (named scenarios: a-f)
+//!     cargo bench --bench fanout -- --scenario a --pid PID        (named scenarios: a-g)
 //!
 //! N clients connect (one at a time); S of them send text messages open-loop
 //! at a total rate R for D seconds. Every message carries a token
@@ -72,7 +72,11 @@ struct Args {
     /// [default: 0, or 1000 with --find-max].
     #[arg(long)]
     read_every: Option<u64>,
-    /// A named scenario (a-f) that sets the figures above (flags given explicitly win).
+    /// Split the clients into this many rooms (client i joins `r<i mod K>`);
+    /// each message then reaches its own room only.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// A named scenario (a-g) that sets the figures above (flags given explicitly win).
     #[arg(long)]
     scenario: Option<char>,
     /// Passed by `cargo bench`; ignored.
@@ -101,8 +105,9 @@ impl Args {
             'b' => (100, 10),
             'd' => (5000, 0),
             'e' => (100, 100),
+            'g' => (1000, 1000),
             other => {
-                eprintln!("error: unknown scenario {other:?} (a-f)");
+                eprintln!("error: unknown scenario {other:?} (a-g)");
                 std::process::exit(2);
             }
         };
@@ -114,6 +119,11 @@ impl Args {
                 self.find_max = false;
             }
             'd' => self.idle = true,
+            'g' => {
+                self.rooms = 100;
+                self.json = true;
+                self.find_max = true;
+            }
             'f' => {
                 self.stalled = 1;
                 self.find_max = true;
@@ -175,6 +185,8 @@ struct Stats {
     received: u64,
     dropped: u64,
     latency: Histogram,
+    /// Senders' own messages back (JSON mode): their acknowledgements.
+    acks: Histogram,
     /// Socket reads and frames received in this step.
     reads: u64,
     frames: u64,
@@ -192,6 +204,8 @@ struct Report {
     p90: f64,
     p99: f64,
     max: f64,
+    /// The senders' acknowledgement latency (JSON mode).
+    ack_p99: Option<f64>,
     server_cpu_us: Option<f64>,
     server_rss_mib: Option<f64>,
     generator_cpu: f64,
@@ -216,7 +230,7 @@ impl Report {
 
     fn print_header() {
         println!(
-            "{:>9} {:>8} {:>10} {:>10} {:>7} {:>11} {:>7} {:>7} {:>7} {:>7} {:>5} {:>9} {:>7} {:>6} {:>6}",
+            "{:>9} {:>8} {:>10} {:>10} {:>7} {:>11} {:>7} {:>7} {:>7} {:>7} {:>5} {:>9} {:>7} {:>6} {:>6} {:>7}",
             "msg/s",
             "sent",
             "expected",
@@ -231,7 +245,8 @@ impl Report {
             "srv us/d",
             "srvMiB",
             "gen%",
-            "f/read"
+            "f/read",
+            "ackp99"
         );
     }
 
@@ -245,8 +260,12 @@ impl Report {
             .server_rss_mib
             .map(|m| format!("{m:.1}"))
             .unwrap_or_else(|| "-".into());
+        let ack = self
+            .ack_p99
+            .map(|ms| format!("{ms:.2}"))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:>9.0} {:>8} {:>10} {:>10} {:>7} {:>11.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5} {:>9} {:>7} {:>6.0} {:>6.1}",
+            "{:>9.0} {:>8} {:>10} {:>10} {:>7} {:>11.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5} {:>9} {:>7} {:>6.0} {:>6.1} {:>7}",
             self.rate,
             self.sent,
             self.expected,
@@ -262,6 +281,7 @@ impl Report {
             rss,
             self.generator_cpu * 100.0,
             self.frames_per_read,
+            ack,
         );
         if self.generator_bound() {
             println!("          ^ generator-bound: the load generator saturated its core");
@@ -442,8 +462,15 @@ fn digits(bytes: &[u8]) -> u64 {
         .fold(0, |n, b| n * 10 + u64::from(b.wrapping_sub(b'0') % 10))
 }
 
-/// Counts the tokens of the current step in one frame's payload.
-fn count_tokens(finder: &memmem::Finder<'_>, payload: &[u8], now: u64, stats: &mut Stats) {
+/// Counts the tokens of the current step in one frame's payload, received
+/// by client `client`; a sender's own message back is its acknowledgement.
+fn count_tokens(
+    finder: &memmem::Finder<'_>,
+    payload: &[u8],
+    now: u64,
+    client: usize,
+    stats: &mut Stats,
+) {
     for at in finder.find_iter(payload) {
         let Some(token) = payload.get(at + 2..at + 2 + 27) else {
             continue;
@@ -454,6 +481,9 @@ fn count_tokens(finder: &memmem::Finder<'_>, payload: &[u8], now: u64, stats: &m
         let sent = digits(&token[15..27]);
         stats.received += 1;
         stats.latency.record(now.saturating_sub(sent));
+        if digits(&token[2..6]) == client as u64 {
+            stats.acks.record(now.saturating_sub(sent));
+        }
     }
 }
 
@@ -484,6 +514,7 @@ impl Generator {
             received: 0,
             dropped: 0,
             latency: Histogram::new(),
+            acks: Histogram::new(),
             reads: 0,
             frames: 0,
         };
@@ -494,6 +525,18 @@ impl Generator {
             .into_iter()
             .enumerate()
         {
+            if args.rooms > 1 {
+                let room = format!("r{}", index % args.rooms);
+                let join = if args.json {
+                    format!(r#"{{"type":"join","room":"{room}"}}"#)
+                } else {
+                    format!("/join {room}")
+                };
+                let mut socket = &socket;
+                socket
+                    .write_all(&client_frame(0x1, join.as_bytes(), [1, 2, 3, 4]))
+                    .map_err(|e| format!("joining {room}: {e}"))?;
+            }
             let mut stream = TcpStream::from_std(socket);
             let interest = if index < args.senders() {
                 Interest::READABLE | Interest::WRITABLE
@@ -506,7 +549,7 @@ impl Generator {
             // What came with the 101 is greetings; frames only matter whole.
             let mut partial = Vec::new();
             let used = parse_frames(&early, |_, payload| {
-                count_tokens(&finder, payload, 0, &mut stats)
+                count_tokens(&finder, payload, 0, index, &mut stats)
             });
             partial.extend_from_slice(&early[used..]);
             clients.push(Client {
@@ -627,7 +670,7 @@ impl Generator {
             let used = parse_frames(data, |opcode, payload| match opcode {
                 0..=2 => {
                     stats.frames += 1;
-                    count_tokens(&finder, payload, now, stats);
+                    count_tokens(&finder, payload, now, index, stats);
                 }
                 8 => closed = true,
                 9 => pings.push(payload.to_vec()),
@@ -696,6 +739,7 @@ impl Generator {
         self.stats.step = self.stats.step.wrapping_add(1) % 100;
         self.stats.received = 0;
         self.stats.latency = Histogram::new();
+        self.stats.acks = Histogram::new();
         self.stats.reads = 0;
         self.stats.frames = 0;
         let dropped_before = self.stats.dropped;
@@ -732,7 +776,7 @@ impl Generator {
             let next = due.iter().min().copied().unwrap_or(end).min(end);
             self.wait(next.saturating_duration_since(Instant::now()));
         }
-        let receivers = self.args.clients() as u64;
+        let receivers = (self.args.clients() / self.args.rooms.max(1)) as u64;
         let per_message = if self.args.json || self.args.echo {
             receivers
         } else {
@@ -759,6 +803,7 @@ impl Generator {
             p50: stats.latency.quantile_ms(0.50),
             p90: stats.latency.quantile_ms(0.90),
             p99: stats.latency.quantile_ms(0.99),
+            ack_p99: (stats.acks.total() > 0).then(|| stats.acks.quantile_ms(0.99)),
             max: stats.latency.max as f64 / 1000.0,
             server_cpu_us,
             server_rss_mib: self.args.pid.and_then(rss_mib),

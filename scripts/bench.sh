@@ -7,10 +7,16 @@
 #   RUNS=5 scripts/bench.sh c        one scenario, 5 runs
 #   TARGETS=wschat scripts/bench.sh a
 #   EXTRA="--read-every 200" OUT=target/bench-rounds scripts/bench.sh c
+#   SERVER_ARGS="--db target/bench.db" TARGETS=wschat scripts/bench.sh a c g
+#   SERVER=/path/to/other/build/server TARGETS=wschat scripts/bench.sh a
 #
 # Scenarios (see benches/fanout.rs): a N=1000 S=10 find-max; b N=100 S=10
 # find-max; c N=1000 S=10 at 50 msg/s; d 5000 idle connections (IDLE=15000
-# for more); e N=100 S=100 find-max; f as a with one client that never reads.
+# for more); e N=100 S=100 find-max; f as a with one client that never reads;
+# g N=1000 in 100 rooms of 10, every client sending (JSON), find-max, with the
+# senders' acknowledgement p99 (run it with SERVER_ARGS="--db ...").
+# SERVER_ARGS go to wschat's server; a --db file named there is removed
+# before each run, so every run starts from an empty history.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -20,6 +26,8 @@ DURATION=${DURATION:-3}
 PORT=${PORT:-2100}
 OUT=${OUT:-target/bench}
 EXTRA=${EXTRA:-}
+SERVER=${SERVER:-./target/release/server}
+SERVER_ARGS=${SERVER_ARGS:-}
 mkdir -p "$OUT"
 
 cargo build --release --bins --examples --benches --quiet
@@ -27,7 +35,16 @@ BENCH=$(ls -t target/release/deps/fanout-* | grep -v '\.d$' | head -1)
 
 start_server() {
     case "$1" in
-        wschat) taskset -c 0 ./target/release/server --port "$PORT" --rate 0 --max-connections 30000 2>/dev/null & ;;
+        wschat)
+            # shellcheck disable=SC2086
+            set -- $SERVER_ARGS
+            while [ $# -gt 0 ]; do
+                if [ "$1" = --db ]; then rm -f "$2" "$2-wal" "$2-shm"; fi
+                shift
+            done
+            # shellcheck disable=SC2086
+            taskset -c 0 "$SERVER" --port "$PORT" --rate 0 --max-connections 30000 $SERVER_ARGS 2>/dev/null &
+            ;;
         exercise) taskset -c 0 ./target/release/examples/exercise_server "127.0.0.1:$PORT" 2>/dev/null & ;;
     esac
     SERVER_PID=$!
@@ -48,6 +65,7 @@ for scenario in $SCENARIOS; do
             case "$scenario/$target" in
                 a/wschat|f/wschat) args+=(--rate 1000) ;;
                 b/wschat|e/wschat) args+=(--rate 10000) ;;
+                g/*) args+=(--rate 5000) ;;
                 a/*|f/*) args+=(--rate 10) ;;
                 b/*|e/*) args+=(--rate 100) ;;
                 d/*) args+=(--clients "${IDLE:-5000}") ;;
@@ -76,16 +94,17 @@ for run in range(1, runs + 1):
     if scenario == "d":
         per = [l for l in lines if l.startswith("idle connections")]
         if per:
-            rows.append((float(per[-1].split(": ")[-1].split()[0]), 0, 0))
+            rows.append((float(per[-1].split(": ")[-1].split()[0]), 0, 0, 0, 0))
         continue
     if any(l.startswith("max sustainable: none") for l in lines):
-        rows.append((0.0, 0.0, 0.0))
+        rows.append((0.0, 0.0, 0.0, 0.0, 0.0))
         continue
     data = [l.split() for l in lines if l.strip() and l.split()[0].replace(".", "").isdigit()]
     if not data:
         continue
     best = data[-1]
-    rows.append((float(best[5]), float(best[8]), float(best[11]) if best[11] != "-" else 0.0))
+    ack = float(best[15]) if len(best) > 15 and best[15] != "-" else 0.0
+    rows.append((float(best[5]), float(best[8]), float(best[11]) if best[11] != "-" else 0.0, ack, float(best[0])))
 if not rows:
     print(f"{scenario} {target}: no result")
 elif scenario == "d":
@@ -93,9 +112,13 @@ elif scenario == "d":
 elif statistics.median(r[0] for r in rows) == 0:
     print(f"{scenario} {target}: none sustainable (loss or dropped clients at the first step) in most runs")
 else:
+    extra = ""
+    if scenario == "g":
+        extra = (f", {statistics.median(r[4] for r in rows):,.0f} messages/s stored, "
+                 f"ack p99 {statistics.median(r[3] for r in rows):.2f} ms")
     print(f"{scenario} {target}: {statistics.median(r[0] for r in rows):,.0f} deliveries/s, "
           f"p99 {statistics.median(r[1] for r in rows):.2f} ms, "
-          f"{statistics.median(r[2] for r in rows):.2f} us/delivery")
+          f"{statistics.median(r[2] for r in rows):.2f} us/delivery{extra}")
 PY
     done
 done

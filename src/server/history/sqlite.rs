@@ -8,8 +8,10 @@
 //! the disk. Reads use a second connection on tokio's blocking pool, which
 //! WAL lets run beside the writer.
 //!
-//! Ids continue from each room's `last_id`, which never goes down, also when
-//! old messages are pruned (`--retain`). The epoch is made once, when the
+//! Ids continue from each room's last id, which never goes down, also when
+//! old messages are pruned (`--retain`): a room's newest message holds it,
+//! and `rooms.last_id` holds it too from before any prune (a prune writes it
+//! first), so a commit has one row per message to write and nothing else. The epoch is made once, when the
 //! file is created, and kept in it: only losing the file loses history.
 
 use std::collections::HashMap;
@@ -30,6 +32,8 @@ use crate::server::lock;
 
 /// The schema this build writes; older files are migrated on open.
 const SCHEMA_VERSION: i64 = 1;
+/// The page size of a new file, in bytes.
+const PAGE_SIZE: i64 = 1024;
 /// Appends that may wait for the writer before senders wait to queue.
 const QUEUE: usize = 8192;
 /// Most appends written in one transaction.
@@ -40,6 +44,8 @@ const PRUNE_BATCH: u64 = 1000;
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// How often a failing store is tried again when nobody writes.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How often the writer reports what it did (at debug level).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -128,6 +134,9 @@ impl SqliteHistory {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        // Small pages for a new file: a commit writes each page it touched
+        // to the WAL, and chat messages are small (no effect on an existing file).
+        writer.pragma_update(None, "page_size", PAGE_SIZE)?;
         let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(HistoryError::Unavailable(format!(
@@ -165,6 +174,7 @@ impl SqliteHistory {
             fanout,
             health: health.clone(),
             pruned_at: None,
+            report: Report::default(),
         };
         std::thread::Builder::new()
             .name("wschat-history".into())
@@ -232,7 +242,9 @@ fn epoch(conn: &Connection) -> Result<u64, HistoryError> {
 
 fn load_rooms(conn: &Connection) -> Result<HashMap<String, RoomRow>, HistoryError> {
     let mut statement = conn.prepare(
-        "SELECT r.name, r.id, r.last_id, (SELECT min(m.id) FROM messages m WHERE m.room = r.id)
+        "SELECT r.name, r.id,
+                max(r.last_id, coalesce((SELECT max(m.id) FROM messages m WHERE m.room = r.id), 0)),
+                (SELECT min(m.id) FROM messages m WHERE m.room = r.id)
          FROM rooms r",
     )?;
     let rows = statement.query_map([], |r| {
@@ -248,6 +260,34 @@ fn load_rooms(conn: &Connection) -> Result<HashMap<String, RoomRow>, HistoryErro
         ))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// What the writer did since it last said so.
+#[derive(Debug, Default)]
+struct Report {
+    since: Option<Instant>,
+    transactions: u64,
+    messages: u64,
+}
+
+impl Report {
+    fn count(&mut self, messages: usize) {
+        self.transactions += 1;
+        self.messages += messages as u64;
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= REPORT_EVERY {
+            let secs = since.elapsed().as_secs_f64();
+            tracing::debug!(
+                "history: {:.0} messages/s in {:.0} transactions/s",
+                self.messages as f64 / secs,
+                self.transactions as f64 / secs
+            );
+            *self = Self {
+                since: Some(Instant::now()),
+                ..Self::default()
+            };
+        }
+    }
 }
 
 /// Sends the writer a probe every so often while writes fail, so the store
@@ -271,6 +311,7 @@ struct Writer {
     health: Arc<Health>,
     /// When rooms were last pruned; `None` prunes after the first write.
     pruned_at: Option<Instant>,
+    report: Report,
 }
 
 impl Writer {
@@ -308,6 +349,7 @@ impl Writer {
         match self.write(&batch, ts) {
             Ok((stamps, touched)) => {
                 self.rooms.extend(touched);
+                self.report.count(stamps.len());
                 self.health.recover();
                 for ((message, done), stamp) in batch.into_iter().zip(stamps) {
                     let room = message.room.clone();
@@ -376,10 +418,6 @@ impl Writer {
                 ])?;
                 stamps.push(stamp);
             }
-            let mut update = tx.prepare_cached("UPDATE rooms SET last_id = ?1 WHERE id = ?2")?;
-            for row in touched.values() {
-                update.execute(params![row.last_id as i64, row.key])?;
-            }
         }
         tx.commit()?;
         Ok((stamps, touched))
@@ -405,10 +443,7 @@ impl Writer {
                 continue;
             }
             let through = cutoff.min(row.pruned_through + PRUNE_BATCH);
-            let result = self.conn.execute(
-                "DELETE FROM messages WHERE room = ?1 AND id > ?2 AND id <= ?3",
-                params![row.key, row.pruned_through as i64, through as i64],
-            );
+            let result = prune_room(&mut self.conn, row, through);
             match result {
                 Ok(_) => row.pruned_through = through,
                 // Tried again next time; writes report trouble themselves.
@@ -416,6 +451,20 @@ impl Writer {
             }
         }
     }
+}
+
+/// Records the room's last id, then deletes its messages up to `through`.
+fn prune_room(conn: &mut Connection, row: &RoomRow, through: u64) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "UPDATE rooms SET last_id = ?1 WHERE id = ?2",
+        params![row.last_id as i64, row.key],
+    )?;
+    tx.execute(
+        "DELETE FROM messages WHERE room = ?1 AND id > ?2 AND id <= ?3",
+        params![row.key, row.pruned_through as i64, through as i64],
+    )?;
+    tx.commit()
 }
 
 /// A short lowercase description of a SQLite error (`disk I/O error`,
