@@ -28,9 +28,6 @@ pub enum Error {
         #[source]
         source: crate::server::history::HistoryError,
     },
-    /// Settings that do not make sense together.
-    #[error("{0}")]
-    Usage(&'static str),
     /// An I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -7,9 +7,12 @@
 //! through the backends and reach this connection through its room feed,
 //! like everyone else's.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tracing::debug;
 
 use super::fanout::{Delivery, RoomFeed};
@@ -24,6 +27,9 @@ use crate::protocol::{
 
 /// Answers for the connection that sent a command, in order.
 pub(super) type Replies = Vec<ServerFrame>;
+
+/// A chat message being stored; yields the error to send back if it was not.
+pub(super) type Storing = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
 
 /// The most messages replayed in one go; a longer replay goes out a page at
 /// a time as the peer reads it.
@@ -189,7 +195,11 @@ impl Conn {
     /// Carries out one request.
     pub async fn apply(&mut self, request: Request, shared: &Shared, out: &mut Replies) {
         match request {
-            Request::Say { text, cid } => self.say(text, cid, shared, out).await,
+            Request::Say { text, cid } => {
+                if let Some(storing) = self.say(text, cid, shared, out) {
+                    out.extend(storing.await);
+                }
+            }
             Request::Nick { nick } => self.rename(&nick, shared, out).await,
             Request::Join { room, after, epoch } => {
                 self.join(&room, after, epoch, shared, out).await;
@@ -214,9 +224,20 @@ impl Conn {
 
     /// A chat message: stored, then published by the history (which is how
     /// the sender gets its acknowledgement: its own copy, with its cid).
-    async fn say(&mut self, text: String, cid: Option<String>, shared: &Shared, out: &mut Replies) {
+    ///
+    /// Returns the store still under way, if it did not finish at once (a
+    /// disk or network backend): the session goes on meanwhile, and the
+    /// future yields the error to send back if the message was not stored.
+    pub fn say(
+        &mut self,
+        text: String,
+        cid: Option<String>,
+        shared: &Shared,
+        out: &mut Replies,
+    ) -> Option<Storing> {
         if let Err(rejection) = self.check_text(&text, shared) {
-            return out.push(ServerFrame::error(rejection, cid));
+            out.push(ServerFrame::error(rejection, cid));
+            return None;
         }
         debug!(peer = %self.peer, room = %self.room, "{}: {text}", self.nick);
         let message = NewMessage {
@@ -226,12 +247,21 @@ impl Conn {
             text,
             cid: cid.clone(),
         };
-        if let Err(err) = shared.history.append(message).await {
+        let history = shared.history.clone();
+        let mut storing: Storing = Box::pin(async move {
+            let err = history.append(message).await.err()?;
             let rejection = Rejection::new(
                 ErrorCode::Unavailable,
                 format!("{err}; the message was not delivered"),
             );
-            out.push(ServerFrame::error(rejection, cid));
+            Some(ServerFrame::error(rejection, cid))
+        });
+        match (&mut storing).now_or_never() {
+            Some(reply) => {
+                out.extend(reply);
+                None
+            }
+            None => Some(storing),
         }
     }
 

@@ -19,6 +19,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use tokio::io::ReadBuf;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
@@ -26,13 +28,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::Shared;
-use super::commands::{Conn, Replies};
+use super::commands::{Conn, Replies, Storing};
 use super::fanout::{Delivery, FeedError};
 use super::frames::{FrameReader, Incoming, Violation};
 use super::handshake;
 use super::presence::Mailbox;
 use super::wire::{Transport, Wire};
-use crate::protocol::{ErrorCode, Mode, Rejection, ServerFrame, parse_json, parse_plain};
+use crate::protocol::{ErrorCode, Mode, Rejection, Request, ServerFrame, parse_json, parse_plain};
 
 /// How long a closing connection waits for its close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -43,6 +45,9 @@ const TOO_SLOW_GRACE: Duration = Duration::from_secs(10);
 const DRAIN_BATCH: usize = 1024;
 /// The most read from the socket at once (into a buffer on the stack).
 const READ_CHUNK: usize = 8192;
+/// Messages one connection may have on their way into history at once;
+/// past that its socket is not read until one is stored.
+const MAX_STORING: usize = 32;
 /// Close codes the server sends.
 const GOING_AWAY: u16 = 1001;
 const TRY_AGAIN_LATER: u16 = 1013;
@@ -63,7 +68,10 @@ pub(super) async fn serve<S: Transport>(
         return;
     };
     info!("New connection from {peer}");
-    let mut session = Session::start(Wire::new(stream), peer, mode, shared).await;
+    // Boxed, like every command below: a future is part of the task for as
+    // long as the task lives, and idle connections should not carry the
+    // size of the largest command.
+    let mut session = Box::pin(Session::start(Wire::new(stream), peer, mode, shared)).await;
     let ended = session.run(&shutdown).await;
     drop(session);
     drop(slot);
@@ -86,6 +94,8 @@ enum Wake {
     Shutdown,
     Socket(SocketEvent),
     Room(Result<Arc<Delivery>, FeedError>),
+    /// A message finished storing (with the error to send if it failed).
+    Stored(Option<ServerFrame>),
     Mail,
     Tick,
 }
@@ -152,6 +162,8 @@ struct Session<S> {
     last_heard: Instant,
     /// Answers a command produced, reused between commands.
     replies: Replies,
+    /// This connection's messages still being stored, oldest first.
+    storing: FuturesOrdered<Storing>,
 }
 
 impl<S: Transport> Session<S> {
@@ -169,6 +181,7 @@ impl<S: Transport> Session<S> {
             mailbox,
             last_heard: Instant::now(),
             replies,
+            storing: FuturesOrdered::new(),
         };
         session.send_replies();
         session
@@ -194,9 +207,7 @@ impl<S: Transport> Session<S> {
             // has been written. Meanwhile requests wait (they are answered in
             // order) and so do live events (they come after the replay).
             while self.conn.replay.is_some() && !self.wire.has_pending() {
-                self.conn
-                    .continue_replay(&self.shared, &mut self.replies)
-                    .await;
+                Box::pin(self.conn.continue_replay(&self.shared, &mut self.replies)).await;
                 self.send_replies();
                 if let Err(err) = self.try_flush().await {
                     return Ended::Because(err.to_string());
@@ -205,13 +216,16 @@ impl<S: Transport> Session<S> {
             let wake = {
                 let flushing = self.wire.has_pending();
                 let replaying = self.conn.replay.is_some();
+                let reading = !replaying && self.storing.len() < MAX_STORING;
                 let wire = &mut self.wire;
                 let reader = &mut self.reader;
                 let feed = &mut self.conn.feed;
+                let storing = &mut self.storing;
                 tokio::select! {
                     biased;
                     () = &mut cancelled => Wake::Shutdown,
-                    event = poll_fn(|cx| poll_socket(wire, reader, flushing, !replaying, cx)) => Wake::Socket(event),
+                    event = poll_fn(|cx| poll_socket(wire, reader, flushing, reading, cx)) => Wake::Socket(event),
+                    Some(reply) = storing.next(), if !storing.is_empty() => Wake::Stored(reply),
                     event = feed.next(), if !replaying => Wake::Room(event),
                     () = &mut mail => Wake::Mail,
                     _ = ping.tick() => Wake::Tick,
@@ -231,10 +245,10 @@ impl<S: Transport> Session<S> {
                         let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
                         return Ended::Clean;
                     }
-                    self.on_incoming(item).await;
                     // A peer that keeps sending keeps this branch ready;
                     // the room must not wait for it to stop.
-                    if let Err(lag) = self.drain_room() {
+                    let handled = self.on_incoming(item).await;
+                    if let Err(lag) = handled.and_then(|()| self.drain_room()) {
                         return self.too_slow(lag, shutdown).await;
                     }
                 }
@@ -254,6 +268,14 @@ impl<S: Transport> Session<S> {
                     }
                 }
                 Wake::Room(Err(lag)) => return self.too_slow(lag, shutdown).await,
+                Wake::Stored(reply) => {
+                    self.replies.extend(reply);
+                    self.send_replies();
+                    // The acknowledgement is in the room feed by now.
+                    if let Err(lag) = self.drain_room() {
+                        return self.too_slow(lag, shutdown).await;
+                    }
+                }
                 Wake::Mail => {
                     mail.set(mailbox.posted.notified());
                     for text in mailbox.take() {
@@ -365,18 +387,14 @@ impl<S: Transport> Session<S> {
     /// Queues one room event, using the shared pre-rendered bytes where it can.
     fn deliver(&mut self, delivery: &Delivery) {
         if delivery.origin == self.conn.id && delivery.id().is_some() {
-            match (self.conn.mode, &delivery.cid) {
+            match self.conn.mode {
                 // Plain mode never echoes a message to its sender.
-                (Mode::Plain, _) => return,
-                // The sender's copy carries its cid: that is its acknowledgement.
-                (Mode::Json, Some(cid)) => {
-                    let mut frame = delivery.frame.clone();
-                    if let ServerFrame::Message { cid: slot, .. } = &mut frame {
-                        *slot = Some(cid.clone());
+                Mode::Plain => return,
+                Mode::Json => {
+                    if let Some(ack) = delivery.acknowledgement() {
+                        return self.wire.push_text(ack.to_json().as_bytes());
                     }
-                    return self.wire.push_text(frame.to_json().as_bytes());
                 }
-                (Mode::Json, None) => {}
             }
         }
         self.queue(delivery.wire(self.conn.mode));
@@ -387,8 +405,22 @@ impl<S: Transport> Session<S> {
         self.wire.push_shared(frame);
     }
 
+    /// Waits until this connection's messages are stored (or refused) and
+    /// their acknowledgements (or errors) are queued.
+    async fn settle(&mut self) -> Result<(), FeedError> {
+        while let Some(reply) = self.storing.next().await {
+            self.replies.extend(reply);
+        }
+        self.drain_room()
+    }
+
     /// Handles one message or control frame from the peer (not close).
-    async fn on_incoming(&mut self, item: Incoming) {
+    ///
+    /// A chat message may still be being stored when this returns; any
+    /// other request first waits for those, and for their acknowledgements
+    /// to be queued, so everything is answered in order (a `/join` must not
+    /// leave the room before its messages' acknowledgements have come).
+    async fn on_incoming(&mut self, item: Incoming) -> Result<(), FeedError> {
         match item {
             Incoming::Text(text) => {
                 let parsed = match self.conn.mode {
@@ -396,10 +428,13 @@ impl<S: Transport> Session<S> {
                     Mode::Json => parse_json(&text),
                 };
                 match parsed {
+                    Ok(Request::Say { text, cid }) => {
+                        let storing = self.conn.say(text, cid, &self.shared, &mut self.replies);
+                        self.storing.extend(storing);
+                    }
                     Ok(request) => {
-                        self.conn
-                            .apply(request, &self.shared, &mut self.replies)
-                            .await;
+                        self.settle().await?;
+                        Box::pin(self.conn.apply(request, &self.shared, &mut self.replies)).await;
                     }
                     Err(rejection) => self.replies.push(ServerFrame::error(rejection, None)),
                 }
@@ -418,8 +453,15 @@ impl<S: Transport> Session<S> {
             }
             // A pong counts against --max-lag like any other frame, so a peer
             // that pings and never reads is closed rather than piling them up.
-            Incoming::Ping(payload) => self.wire.push_pong(&payload),
+            // Answered in order too: a client may send a ping behind its
+            // messages to learn that all of them were handled.
+            Incoming::Ping(payload) => {
+                self.settle().await?;
+                self.send_replies();
+                self.wire.push_pong(&payload);
+            }
             Incoming::Pong | Incoming::Close(_) => {}
         }
+        Ok(())
     }
 }

@@ -69,6 +69,18 @@ impl Delivery {
         }
     }
 
+    /// The sender's copy of a chat message that carried a cid: the same
+    /// message with its cid, which is the sender's acknowledgement.
+    pub fn acknowledgement(&self) -> Option<ServerFrame> {
+        let cid = self.cid.as_ref()?;
+        let mut frame = self.frame.clone();
+        let ServerFrame::Message { cid: slot, .. } = &mut frame else {
+            return None;
+        };
+        *slot = Some(cid.clone());
+        Some(frame)
+    }
+
     /// The id of a stored chat message, `None` for notices.
     pub fn id(&self) -> Option<u64> {
         match self.frame {
