@@ -10,6 +10,7 @@
 //! only ever delays itself: once more than `--max-lag` frames wait for it, it
 //! is closed with 1013. What a request does is in [`super::commands`].
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
@@ -19,8 +20,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
 use tokio::io::ReadBuf;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
@@ -152,6 +151,17 @@ fn poll_socket<S: Transport>(
     }
 }
 
+/// Polls the oldest message still being stored; once it is done, takes it
+/// off the queue and gives its reply (the error, if it was not stored).
+fn poll_oldest(storing: &mut VecDeque<Storing>, cx: &mut Context<'_>) -> Poll<Option<ServerFrame>> {
+    let Some(oldest) = storing.front_mut() else {
+        return Poll::Pending;
+    };
+    let reply = ready!(oldest.as_mut().poll(cx));
+    storing.pop_front();
+    Poll::Ready(reply)
+}
+
 /// One connected peer.
 struct Session<S> {
     conn: Conn,
@@ -162,8 +172,10 @@ struct Session<S> {
     last_heard: Instant,
     /// Answers a command produced, reused between commands.
     replies: Replies,
-    /// This connection's messages still being stored, oldest first.
-    storing: FuturesOrdered<Storing>,
+    /// This connection's messages still being stored, oldest first. A
+    /// plain queue (empty, it allocates nothing): stores finish in the
+    /// order they were asked for, so only the oldest needs polling.
+    storing: VecDeque<Storing>,
 }
 
 impl<S: Transport> Session<S> {
@@ -181,7 +193,7 @@ impl<S: Transport> Session<S> {
             mailbox,
             last_heard: Instant::now(),
             replies,
-            storing: FuturesOrdered::new(),
+            storing: VecDeque::new(),
         };
         session.send_replies();
         session
@@ -225,7 +237,7 @@ impl<S: Transport> Session<S> {
                     biased;
                     () = &mut cancelled => Wake::Shutdown,
                     event = poll_fn(|cx| poll_socket(wire, reader, flushing, reading, cx)) => Wake::Socket(event),
-                    Some(reply) = storing.next(), if !storing.is_empty() => Wake::Stored(reply),
+                    reply = poll_fn(|cx| poll_oldest(storing, cx)), if !storing.is_empty() => Wake::Stored(reply),
                     event = feed.next(), if !replaying => Wake::Room(event),
                     () = &mut mail => Wake::Mail,
                     _ = ping.tick() => Wake::Tick,
@@ -408,7 +420,8 @@ impl<S: Transport> Session<S> {
     /// Waits until this connection's messages are stored (or refused) and
     /// their acknowledgements (or errors) are queued.
     async fn settle(&mut self) -> Result<(), FeedError> {
-        while let Some(reply) = self.storing.next().await {
+        while !self.storing.is_empty() {
+            let reply = poll_fn(|cx| poll_oldest(&mut self.storing, cx)).await;
             self.replies.extend(reply);
         }
         self.drain_room()
