@@ -20,12 +20,9 @@ async fn healthz(url: &str) -> u16 {
     http_request(addr_of(url), "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await
 }
 
-/// A JSON peer past its welcome and its own `joined`; returns it and the epoch.
+/// A JSON peer past its welcome, named `nick`; returns it and the epoch.
 async fn json_peer(url: &str, nick: &str) -> (Peer, u64) {
-    let mut peer = Peer::json(url).await;
-    let ServerFrame::Welcome { epoch, .. } = peer.frame().await else {
-        panic!("expected welcome");
-    };
+    let (mut peer, epoch) = Peer::json_joined(url).await;
     peer.send(&format!(r#"{{"type":"nick","nick":"{nick}"}}"#))
         .await;
     loop {

@@ -7,19 +7,6 @@ use common::{Peer, TestServer};
 use wschat::config::ServerConfig;
 use wschat::protocol::ServerFrame;
 
-/// A JSON peer past its welcome and its own `joined`; returns it and the epoch.
-async fn json_peer(url: &str) -> (Peer, u64) {
-    let mut peer = Peer::json(url).await;
-    let ServerFrame::Welcome { epoch, .. } = peer.frame().await else {
-        panic!("expected welcome");
-    };
-    loop {
-        if let ServerFrame::Joined { .. } = peer.frame().await {
-            return (peer, epoch);
-        }
-    }
-}
-
 /// Sends `count` messages and waits for each acknowledgement.
 async fn post(peer: &mut Peer, count: usize) {
     for n in 1..=count {
@@ -76,9 +63,9 @@ async fn epoch_mismatch_replays_afresh(tweak: impl FnOnce(&mut ServerConfig)) {
         tweak(c);
     })
     .await;
-    let (mut alice, epoch) = json_peer(&server.url()).await;
+    let (mut alice, epoch) = Peer::json_joined(&server.url()).await;
     post(&mut alice, 3).await;
-    let (mut bob, _) = json_peer(&server.url()).await;
+    let (mut bob, _) = Peer::json_joined(&server.url()).await;
 
     // Same epoch: exactly what came after.
     assert_eq!(shapes(&join(&mut bob, 1, epoch).await), ["2", "3"]);
@@ -110,9 +97,9 @@ async fn another_epoch_gets_a_gap_and_the_recent_history_in_sqlite() {
 #[tokio::test]
 async fn resuming_before_the_oldest_kept_message_gets_a_gap_with_its_bounds() {
     let server = TestServer::with(|c| c.history = 3).await;
-    let (mut alice, epoch) = json_peer(&server.url()).await;
+    let (mut alice, epoch) = Peer::json_joined(&server.url()).await;
     post(&mut alice, 6).await;
-    let (mut bob, _) = json_peer(&server.url()).await;
+    let (mut bob, _) = Peer::json_joined(&server.url()).await;
     assert_eq!(
         shapes(&join(&mut bob, 1, epoch).await),
         ["gap 1..4", "4", "5", "6"]
@@ -130,9 +117,9 @@ async fn a_long_replay_is_complete_and_in_order() {
         c.history = 2000;
     })
     .await;
-    let (mut alice, epoch) = json_peer(&server.url()).await;
+    let (mut alice, epoch) = Peer::json_joined(&server.url()).await;
     post(&mut alice, 1200).await;
-    let (mut bob, _) = json_peer(&server.url()).await;
+    let (mut bob, _) = Peer::json_joined(&server.url()).await;
     let ids: Vec<String> = (2..=1200).map(|n| n.to_string()).collect();
     assert_eq!(shapes(&join(&mut bob, 1, epoch).await), ids);
     server.stop().await;

@@ -153,6 +153,23 @@ impl Peer {
         Self::connect(url, true).await
     }
 
+    /// A JSON-mode peer past its welcome and its own `joined`; with the
+    /// welcome's epoch.
+    pub async fn json_joined(url: &str) -> (Self, u64) {
+        let mut peer = Self::json(url).await;
+        let ServerFrame::Welcome { epoch, .. } = peer.frame().await else {
+            panic!("expected welcome");
+        };
+        let own = peer.name();
+        loop {
+            if let ServerFrame::Joined { nick, .. } = peer.frame().await {
+                if nick == own {
+                    return (peer, epoch);
+                }
+            }
+        }
+    }
+
     /// The peer's name before it picks a nick.
     pub fn name(&self) -> String {
         self.addr.to_string()
