@@ -16,9 +16,24 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A certificate or key that cannot be used.
-    #[error("{0}")]
-    Tls(String),
+    /// A certificate or key file that cannot be used.
+    #[error("{what} {}", path.display())]
+    Tls {
+        /// What was being done, e.g. `cannot read certificate`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::tls::TlsError,
+    },
+    /// A certificate and a key that do not belong together.
+    #[error("certificate and key do not work together")]
+    TlsPair {
+        /// What rustls said.
+        #[source]
+        source: crate::tls::TlsError,
+    },
     /// The history database cannot be opened or used.
     #[error("cannot use history database {}", path.display())]
     Database {

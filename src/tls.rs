@@ -1,6 +1,6 @@
 //! TLS for `wss://`: the server's certificate and key, the client's trusted roots.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
@@ -10,21 +10,39 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::error::{Error, Result};
 
-fn tls_error(what: &str, path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::Tls(format!("{what} {}: {reason}", path.display()))
+/// What is wrong with a certificate or key file (the file itself is named
+/// by the [`Error::Tls`] around it).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read or parsed as PEM.
+    #[error("{}", describe_pem(.0))]
+    Pem(rustls_pki_types::pem::Error),
+    /// The file holds no certificate.
+    #[error("no PEM certificate in it")]
+    NoCertificate,
+    /// The file holds no private key.
+    #[error("no PEM private key in it")]
+    NoKey,
+    /// rustls refused what the file holds.
+    #[error("{0}")]
+    Rustls(tokio_rustls::rustls::Error),
+}
+
+fn tls_error(what: &'static str, path: &Path, source: TlsError) -> Error {
+    Error::Tls {
+        what,
+        path: PathBuf::from(path),
+        source,
+    }
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| tls_error("cannot read certificate", path, describe_pem(&e)))?
+        .map_err(|e| tls_error("cannot read certificate", path, TlsError::Pem(e)))?
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| tls_error("bad certificate", path, describe_pem(&e)))?;
+        .map_err(|e| tls_error("bad certificate", path, TlsError::Pem(e)))?;
     if certs.is_empty() {
-        return Err(tls_error(
-            "bad certificate",
-            path,
-            "no PEM certificate in it",
-        ));
+        return Err(tls_error("bad certificate", path, TlsError::NoCertificate));
     }
     Ok(certs)
 }
@@ -44,14 +62,15 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     let certs = load_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
-            tls_error("bad private key", key, "no PEM private key in it")
+            tls_error("bad private key", key, TlsError::NoKey)
         }
-        other => tls_error("cannot read private key", key, describe_pem(&other)),
+        other => tls_error("cannot read private key", key, TlsError::Pem(other)),
     })?;
     let config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| Error::Tls(format!("certificate and key do not work together: {e}")))?;
+        .map_err(TlsError::Rustls)
+        .map_err(|source| Error::TlsPair { source })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -70,7 +89,7 @@ pub fn connector(extra_ca: Option<&Path>) -> Result<tokio_websockets::Connector>
         for cert in load_certs(path)? {
             roots
                 .add(cert)
-                .map_err(|e| tls_error("bad CA certificate", path, e))?;
+                .map_err(|e| tls_error("bad CA certificate", path, TlsError::Rustls(e)))?;
         }
     }
     let config = ClientConfig::builder()

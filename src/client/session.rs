@@ -119,7 +119,8 @@ impl<'o> Client<'o> {
             match crate::tls::connector(self.config.ca_cert.as_deref()) {
                 Ok(connector) => self.connector = Some(connector),
                 Err(err) => {
-                    self.out.status(&format!("error: {err}"));
+                    self.out
+                        .status(&format!("error: {}", crate::error::report(&err)));
                     return 2;
                 }
             }
