@@ -13,7 +13,8 @@
 //!   each with an in-memory implementation: `fanout` (publish to a room,
 //!   follow a room), `history` (store, read back, epoch; also SQLite) and
 //!   `presence` (nicks, members, private delivery).
-//! - [`client`]: the terminal client's connect / reconnect / resume loop.
+//! - [`client`]: the terminal client: `session` (connect, reconnect, resume),
+//!   `render` (how things are said), `terminal` (line editor, plain stdio).
 //! - [`limit`]: the token bucket behind flood control (server and client).
 //! - [`tls`]: loading certificates and keys for `wss://`.
 //! - [`config`]: the command-line flags of both binaries and the plain
