@@ -64,17 +64,27 @@ struct Seat {
 impl Drop for Seat {
     fn drop(&mut self) {
         if let Some((nick, room)) = self.shared.presence.unregister(self.id) {
-            if !quiet(&self.shared, &room) {
-                let left = ServerFrame::Left {
-                    room: room.to_string(),
-                    nick: nick.to_string(),
-                };
-                self.shared
-                    .fanout
-                    .publish(&room, Arc::new(Delivery::new(self.id, left, None)));
-            }
+            tell_left(&self.shared, self.id, &nick, &room);
         }
     }
+}
+
+/// Tells `room` that `nick` left it, unless the room is over `--announce-limit`.
+fn tell_left(shared: &Shared, id: ConnId, nick: &str, room: &str) {
+    if !quiet(shared, room) {
+        let left = ServerFrame::Left {
+            room: room.to_owned(),
+            nick: nick.to_owned(),
+        };
+        notify(shared, id, room, left);
+    }
+}
+
+/// Publishes a notice (joined, left, renamed) caused by connection `id` to `room`.
+fn notify(shared: &Shared, id: ConnId, room: &str, frame: ServerFrame) {
+    shared
+        .fanout
+        .publish(room, Arc::new(Delivery::new(id, frame, None)));
 }
 
 /// Whether `room` is over `--announce-limit`, so arrivals and departures
@@ -157,9 +167,7 @@ impl Conn {
         if quiet(shared, &self.room) {
             return out.push(frame);
         }
-        shared
-            .fanout
-            .publish(&self.room, Arc::new(Delivery::new(self.id, frame, None)));
+        notify(shared, self.id, &self.room, frame);
     }
 
     /// Queues a page of stored messages as history replay. When the page
@@ -375,15 +383,7 @@ impl Conn {
         }
         if !same {
             shared.presence.set_room(self.id, name.clone());
-            let left = ServerFrame::Left {
-                room: self.room.to_string(),
-                nick: self.nick.to_string(),
-            };
-            if !quiet(shared, &self.room) {
-                shared
-                    .fanout
-                    .publish(&self.room, Arc::new(Delivery::new(self.id, left, None)));
-            }
+            tell_left(shared, self.id, &self.nick, &self.room);
             self.room = name;
         }
         out.extend(gap);

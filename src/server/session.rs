@@ -458,11 +458,8 @@ impl<S: Transport> Session<S> {
                     ErrorCode::BinaryUnsupported,
                     "binary frames are not supported: send text",
                 );
-                self.wire.push_text(
-                    ServerFrame::error(rejection, None)
-                        .render(self.conn.mode)
-                        .as_bytes(),
-                );
+                self.replies.push(ServerFrame::error(rejection, None));
+                self.send_replies();
             }
             // A pong counts against --max-lag like any other frame, so a peer
             // that pings and never reads is closed rather than piling them up.

@@ -101,13 +101,11 @@ impl Health {
     }
 }
 
-/// A stored message on its way to its room and its sender.
-type Committed = Vec<(
-    Arc<str>,
-    Arc<Delivery>,
-    Stamp,
-    oneshot::Sender<Result<Stamp, HistoryError>>,
-)>;
+/// Where an append's outcome goes: its sender, waiting.
+type Done = oneshot::Sender<Result<Stamp, HistoryError>>;
+
+/// Stored messages on their way to their rooms and their senders.
+type Committed = Vec<(Arc<str>, Arc<Delivery>, Stamp, Done)>;
 
 /// Publishes committed batches in the order they were committed, then
 /// acknowledges each message to its sender.
@@ -123,7 +121,7 @@ async fn publish(mut batches: mpsc::Receiver<Committed>, fanout: Arc<dyn Fanout>
 enum Job {
     Append {
         message: NewMessage,
-        done: oneshot::Sender<Result<Stamp, HistoryError>>,
+        done: Done,
     },
     /// Try a write to see whether a failing store works again.
     Probe,
@@ -371,7 +369,7 @@ impl Writer {
 
     /// Writes a batch in one transaction; then publishes and acknowledges
     /// it, or refuses all of it.
-    fn commit(&mut self, batch: Vec<(NewMessage, oneshot::Sender<Result<Stamp, HistoryError>>)>) {
+    fn commit(&mut self, batch: Vec<(NewMessage, Done)>) {
         let ts = now_ms();
         match self.write(&batch, ts) {
             Ok((stamps, touched)) => {
@@ -400,10 +398,9 @@ impl Writer {
 
     /// The transaction itself. The rooms it touched are returned rather than
     /// changed in place, so a failed transaction leaves the ids as they were.
-    #[allow(clippy::type_complexity)]
     fn write(
         &mut self,
-        batch: &[(NewMessage, oneshot::Sender<Result<Stamp, HistoryError>>)],
+        batch: &[(NewMessage, Done)],
         ts: u64,
     ) -> rusqlite::Result<(Vec<Stamp>, HashMap<String, RoomRow>)> {
         let tx = self.conn.transaction()?;
