@@ -24,6 +24,10 @@ pub mod defaults {
     pub const MAX_LAG: usize = 1024;
     /// `--max-connections`
     pub const MAX_CONNECTIONS: usize = 10_000;
+    /// `--max-handshakes`
+    pub const MAX_HANDSHAKES: usize = 1024;
+    /// `--max-per-ip`
+    pub const MAX_PER_IP: usize = 1000;
     /// `--ping-interval`
     pub const PING_INTERVAL: u64 = 30;
     /// `--idle-timeout`
@@ -90,6 +94,15 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
 
+    /// Handshakes in progress at once; connections beyond are closed at once.
+    #[arg(long, default_value_t = defaults::MAX_HANDSHAKES)]
+    pub max_handshakes: usize,
+
+    /// Connections from one client address (0: no cap); further handshakes
+    /// get HTTP 503.
+    #[arg(long, default_value_t = defaults::MAX_PER_IP)]
+    pub max_per_ip: usize,
+
     /// Seconds between pings to each peer.
     #[arg(long, default_value_t = defaults::PING_INTERVAL)]
     pub ping_interval: u64,
@@ -117,7 +130,7 @@ pub struct ServerArgs {
     pub rate_burst: u32,
 
     /// Require this secret at the handshake (`Authorization: Bearer` or `?token=`).
-    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true, value_parser = non_empty_token)]
     pub token: Option<String>,
 
     /// Serve wss:// with this certificate chain (PEM); needs --tls-key.
@@ -130,8 +143,15 @@ pub struct ServerArgs {
 
     /// A browser origin allowed besides the server's own (repeatable), e.g.
     /// `https://chat.example.org`.
-    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    #[arg(long = "allowed-origin", value_name = "ORIGIN", value_parser = origin)]
     pub allowed_origins: Vec<String>,
+
+    /// A name this server may be reached by besides the loopback ones
+    /// (repeatable), e.g. `chat.example.org` or `chat.example.org:8080`.
+    /// Checked only when listening on a loopback address, where it keeps
+    /// web pages out that had their own name resolve to 127.0.0.1.
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    pub allowed_hosts: Vec<String>,
 
     /// Keep history in this SQLite file (created if missing), so it survives
     /// restarts. Without it, history is kept in memory.
@@ -160,6 +180,56 @@ pub enum DbSync {
     Full,
 }
 
+/// `--token`'s value: an empty one would silently turn authentication off.
+fn non_empty_token(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        Err("the token must not be empty (leave --token and WSCHAT_TOKEN out for no token)".into())
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+/// `--allowed-origin`'s value: `scheme://host[:port]`, as a browser sends it.
+fn origin(value: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "{value:?} is not an origin: expected scheme://host[:port], e.g. https://chat.example.org"
+        )
+    };
+    let origin = value.trim_end_matches('/');
+    let (scheme, rest) = origin.split_once("://").ok_or_else(bad)?;
+    let scheme_ok = !scheme.is_empty()
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(bracketed) => {
+            let (inside, tail) = bracketed.split_once(']').ok_or_else(bad)?;
+            let port = match tail {
+                "" => None,
+                tail => Some(tail.strip_prefix(':').ok_or_else(bad)?),
+            };
+            let ipv6_ok = inside.parse::<std::net::Ipv6Addr>().is_ok();
+            (if ipv6_ok { "ipv6" } else { "" }, port)
+        }
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    if scheme_ok && host_ok && port_ok {
+        Ok(origin.to_ascii_lowercase())
+    } else {
+        Err(bad())
+    }
+}
+
 impl ServerArgs {
     /// The library settings these flags ask for.
     pub fn config(&self) -> ServerConfig {
@@ -170,6 +240,8 @@ impl ServerArgs {
             max_frame_bytes: self.max_frame_bytes,
             max_lag: self.max_lag,
             max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
+            max_per_ip: self.max_per_ip,
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
             handshake_timeout: self.handshake_timeout,
@@ -180,6 +252,7 @@ impl ServerArgs {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             allowed_origins: self.allowed_origins.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
             db: self.db.clone(),
             retain: self.retain,
             db_sync: self.db_sync,
@@ -203,6 +276,10 @@ pub struct ServerConfig {
     pub max_lag: usize,
     /// Concurrent connections.
     pub max_connections: usize,
+    /// Handshakes in progress at once.
+    pub max_handshakes: usize,
+    /// Connections from one client address (0: no cap).
+    pub max_per_ip: usize,
     /// Seconds between pings.
     pub ping_interval: u64,
     /// Seconds of silence after which a peer is dropped.
@@ -223,6 +300,8 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Browser origins allowed besides the server's own.
     pub allowed_origins: Vec<String>,
+    /// Host names allowed besides the loopback ones on a loopback listener.
+    pub allowed_hosts: Vec<String>,
     /// The SQLite history file; `None` keeps history in memory.
     pub db: Option<PathBuf>,
     /// Messages kept per room in the SQLite history.
@@ -240,6 +319,8 @@ impl Default for ServerConfig {
             max_frame_bytes: defaults::MAX_FRAME_BYTES,
             max_lag: defaults::MAX_LAG,
             max_connections: defaults::MAX_CONNECTIONS,
+            max_handshakes: defaults::MAX_HANDSHAKES,
+            max_per_ip: defaults::MAX_PER_IP,
             ping_interval: defaults::PING_INTERVAL,
             idle_timeout: defaults::IDLE_TIMEOUT,
             handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
@@ -250,6 +331,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             db: None,
             retain: defaults::RETAIN,
             db_sync: DbSync::Normal,

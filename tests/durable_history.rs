@@ -17,7 +17,11 @@ fn addr_of(url: &str) -> std::net::SocketAddr {
 }
 
 async fn healthz(url: &str) -> u16 {
-    http_request(addr_of(url), "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await
+    http_request(
+        addr_of(url),
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await
 }
 
 /// A JSON peer past its welcome, named `nick`; returns it and the epoch.

@@ -18,6 +18,8 @@ fn locked() -> Policy {
     Policy {
         token: Some("secret".into()),
         allowed_origins: vec!["https://ok.example".into()],
+        check_host: true,
+        allowed_hosts: vec!["h".into()],
     }
 }
 
@@ -28,9 +30,9 @@ proptest! {
     fn arbitrary_bytes_get_a_decision(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let decision = decide(&bytes, &locked());
         let code = status(&decision);
-        prop_assert!([101, 200, 400, 401, 403, 404, 405, 426].contains(&code));
-        if let Decision::Respond { response, .. } = decision {
-            prop_assert!(response.starts_with(b"HTTP/1.1 "));
+        prop_assert!([101, 200, 400, 401, 403, 404, 405, 426, 431].contains(&code));
+        if let Decision::Respond(refusal) = decision {
+            prop_assert!(refusal.response.starts_with(b"HTTP/1.1 "));
         }
     }
 

@@ -142,6 +142,159 @@ async fn silent_or_slow_handshakes_are_dropped() {
     server.stop().await;
 }
 
+/// Reads until the server closes the connection, returning what it sent.
+async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    within("the server to close", stream.read_to_end(&mut all))
+        .await
+        .expect("read");
+    all
+}
+
+#[tokio::test]
+async fn sockets_that_never_finish_a_handshake_take_no_connection_slot() {
+    // One real user's worth of slots, and a long handshake timeout: the
+    // silent sockets below would hold a slot taken at accept for a minute.
+    let server = TestServer::with(|c| {
+        c.max_connections = 1;
+        c.handshake_timeout = 60;
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        stream.write_all(b"G").await.expect("write");
+        silent.push(stream);
+    }
+    let (status, peer) = RawPeer::upgrade(server.addr, "/", &[]).await;
+    assert_eq!(status, 101);
+    // The slot is the real user's now.
+    assert_eq!(RawPeer::upgrade(server.addr, "/", &[]).await.0, 503);
+    drop(peer);
+    drop(silent);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn handshakes_beyond_the_cap_are_closed_at_once() {
+    let server = TestServer::with(|c| {
+        c.max_handshakes = 3;
+        c.handshake_timeout = 60;
+    })
+    .await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    // The fourth gets nothing at all: no place, no answer, long before
+    // the minute the others may take.
+    let mut fourth = TcpStream::connect(server.addr).await.expect("connect");
+    assert_eq!(read_to_end(&mut fourth).await, b"");
+    // A place frees when a handshake ends, however it ends.
+    let mut first = waiting.remove(0);
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(
+        read_to_end(&mut first)
+            .await
+            .starts_with(b"HTTP/1.1 200 OK\r\n")
+    );
+    within("a free handshake place", async {
+        loop {
+            if RawPeer::upgrade(server.addr, "/", &[]).await.0 == 101 {
+                break;
+            }
+        }
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_slot() {
+    let server = TestServer::with(|c| c.max_per_ip = 2).await;
+    let (a, _a) = RawPeer::upgrade(server.addr, "/", &[]).await;
+    let (b, _b) = RawPeer::upgrade(server.addr, "/", &[]).await;
+    assert_eq!((a, b), (101, 101));
+    let mut third = TcpStream::connect(server.addr).await.expect("connect");
+    third
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let answer = String::from_utf8(read_to_end(&mut third).await).expect("text");
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\ntoo many connections from your address\n"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn what_cannot_be_a_handshake_is_answered_at_once() {
+    let server = TestServer::with(|c| c.handshake_timeout = 60).await;
+    // A TLS ClientHello on the plain port: closed, nothing sent.
+    let mut tls = TcpStream::connect(server.addr).await.expect("connect");
+    tls.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        .await
+        .expect("write");
+    assert_eq!(read_to_end(&mut tls).await, b"");
+    // Bytes HTTP does not allow, before any blank line: 400.
+    let mut junk = TcpStream::connect(server.addr).await.expect("connect");
+    junk.write_all(b"GET / HTTP/1.1\r\nNo colon here\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_end(&mut junk).await;
+    assert!(answer.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
+    // A head that keeps growing past 8 KiB: 431.
+    let mut big = TcpStream::connect(server.addr).await.expect("connect");
+    let mut head = String::from("GET / HTTP/1.1\r\nX-Padding: ");
+    head.push_str(&"a".repeat(9000));
+    // The server may answer and close before it has read all of this.
+    let _ = big.write_all(head.as_bytes()).await;
+    let answer = read_to_end(&mut big).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pages_under_another_name_cannot_reach_a_loopback_server() {
+    let server = TestServer::with(|c| c.allowed_hosts = vec!["chat.example.org".into()]).await;
+    let port = server.addr.port();
+    let upgrade = |host: &str, origin: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    // A page on evil.example whose name now resolves to 127.0.0.1 sends its
+    // own name as Host and as Origin.
+    let evil = format!("evil.example:{port}");
+    let request = upgrade(&evil, &format!("http://{evil}"));
+    assert_eq!(http_request(server.addr, &request).await, 403);
+    let local = format!("localhost:{port}");
+    let request = upgrade(&local, &format!("http://{local}"));
+    assert_eq!(http_request(server.addr, &request).await, 101);
+    let named = format!("chat.example.org:{port}");
+    let request = upgrade(&named, &format!("https://{named}"));
+    assert_eq!(http_request(server.addr, &request).await, 101);
+    // Two Hosts: which one would a proxy have checked?
+    let twice = format!(
+        "GET / HTTP/1.1\r\nHost: {local}\r\nHost: {evil}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    assert_eq!(http_request(server.addr, &twice).await, 400);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn keepalive_pings_and_drops_silent_peers() {
     let server = TestServer::with(|c| {
@@ -184,11 +337,11 @@ async fn garbage_on_the_port_gets_http_errors_and_the_server_keeps_going() {
     let server = TestServer::start().await;
     let addr = server.addr;
     assert_eq!(
-        http_request(addr, "\x16\x03\x01\x00\x7fgarbage\r\n\r\n").await,
+        http_request(addr, "\x01\x03\x01\x00\x7fgarbage\r\n\r\n").await,
         400
     );
     assert_eq!(
-        http_request(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        http_request(addr, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await,
         426
     );
     assert_eq!(

@@ -133,3 +133,47 @@ async fn bad_flag_is_a_usage_error() {
     let line = server.err_until("--bogus").await;
     assert!(line.starts_with("error:"), "{line}");
 }
+
+#[tokio::test]
+async fn an_empty_token_or_a_bad_origin_is_a_usage_error() {
+    /// Flags, environment, and what the error line says.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
+        (&["--token", ""], &[], "the token must not be empty"),
+        (&[], &[("WSCHAT_TOKEN", "")], "the token must not be empty"),
+        (
+            &["--allowed-origin", "chat.example.org"],
+            &[],
+            "\"chat.example.org\" is not an origin: expected scheme://host[:port]",
+        ),
+        (
+            &["--allowed-origin", "https://chat.example.org/app"],
+            &[],
+            "\"https://chat.example.org/app\" is not an origin",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut server = Proc::spawn(SERVER, args, env);
+        assert_eq!(server.exit_code().await, 2, "{args:?} {env:?}");
+        let line = server.err_until("error:").await;
+        assert!(line.contains(expected), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn refused_handshakes_are_logged_with_reason_and_origin() {
+    let (mut server, url) = spawn_server(&[]).await;
+    let addr: std::net::SocketAddr = url.trim_start_matches("ws://").parse().expect("addr");
+    let request = "GET / HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\n\
+                   Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    assert_eq!(common::http_request(addr, request).await, 403);
+    let line = server.err_until("Refused 127.0.0.1:").await;
+    assert!(
+        line.ends_with(
+            " (HTTP 403): cross-site WebSocket refused: this origin is not allowed; \
+             Origin: \"https://evil.example\""
+        ),
+        "{line}"
+    );
+}

@@ -9,35 +9,43 @@
 use std::net::SocketAddr;
 
 use base64::Engine;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::Shared;
+use super::admission::{Admitted, Arriving, Full};
+use super::{Shared, lock};
 use crate::config::ServerConfig;
 use crate::protocol::{Mode, SUBPROTOCOL};
 
 /// Runs the handshake phase: reads the request head (bounded in time),
-/// answers it, and returns the WebSocket's mode when the connection was
-/// upgraded. `slot` is the connection's share of `--max-connections`;
-/// without one an upgrade is answered with 503.
+/// answers it, and returns the WebSocket's mode and the connection's slot
+/// when the connection was upgraded.
 pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     peer: SocketAddr,
-    slot: Option<OwnedSemaphorePermit>,
+    arriving: Arriving,
     shared: &Shared,
     shutdown: &CancellationToken,
-) -> Option<(Mode, OwnedSemaphorePermit)> {
+) -> Option<(Mode, Admitted)> {
     let within = shared.config.handshake_within();
     let head = tokio::select! {
         () = shutdown.cancelled() => return None,
         head = timeout(within, read_head(stream)) => head,
     };
-    let head = match head {
-        Ok(Ok(head)) => head,
+    let decision = match head {
+        Ok(Ok(head)) => decide(&head, &shared.policy),
+        Ok(Err(HandshakeError::TooLarge)) => respond(
+            431,
+            "Request Header Fields Too Large",
+            "request head too large",
+        ),
+        Ok(Err(HandshakeError::Malformed)) => respond(400, "Bad Request", "malformed HTTP request"),
         Ok(Err(err)) => {
             debug!("{peer}: handshake failed: {err}");
             return None;
@@ -47,11 +55,8 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
-    let decision = decide(&head, &shared.policy);
-    // The request head is not needed past here; the session outlives it.
-    drop(head);
-    let (mode, response, slot) = match (decision, slot) {
-        (Decision::Health, _) => {
+    let (mode, response, admitted) = match decision {
+        Decision::Health => {
             let response = match shared.trouble() {
                 None => text_response(200, "OK", "", "ok\n"),
                 Some(reason) => {
@@ -61,22 +66,107 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = timeout(within, send(stream, &response)).await;
             return None;
         }
-        (Decision::Respond { status, response }, _) => {
-            debug!("{peer}: answered HTTP {status}");
-            let _ = timeout(within, send(stream, &response)).await;
+        Decision::Respond(refusal) => {
+            shared.refusals.log(peer, &refusal);
+            let _ = timeout(within, send(stream, &refusal.response)).await;
             return None;
         }
-        (Decision::Upgrade { .. }, None) => {
-            info!("Refused {peer}: connection limit reached (HTTP 503)");
-            let response = text_response(503, "Service Unavailable", "", "server is full\n");
-            let _ = timeout(within, send(stream, &response)).await;
-            return None;
-        }
-        (Decision::Upgrade { mode, response }, Some(slot)) => (mode, response, slot),
+        Decision::Upgrade {
+            mode,
+            response,
+            origin,
+        } => match arriving.admit() {
+            Ok(admitted) => (mode, response, admitted),
+            Err(full) => {
+                let why = match full {
+                    Full::Server => "server is full",
+                    Full::Address => "too many connections from your address",
+                };
+                let mut refusal = refusal(503, "Service Unavailable", "", why);
+                refusal.origin = origin;
+                shared.refusals.log(peer, &refusal);
+                let _ = timeout(within, send(stream, &refusal.response)).await;
+                return None;
+            }
+        },
     };
     match timeout(within, send(stream, &response)).await {
-        Ok(Ok(())) => Some((mode, slot)),
+        Ok(Ok(())) => Some((mode, admitted)),
         _ => None,
+    }
+}
+
+/// Refused handshakes logged per second at most; the rest are counted and
+/// reported with the next line that gets through.
+const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
+
+/// The log of refused handshakes, rate-limited so that a flood of bad
+/// requests cannot fill the disk.
+#[derive(Debug)]
+pub struct RefusalLog {
+    budget: Mutex<LogBudget>,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        Self {
+            budget: Mutex::new(LogBudget::new(REFUSALS_LOGGED_PER_SECOND, Instant::now())),
+        }
+    }
+}
+
+impl RefusalLog {
+    /// Logs one refusal at info, unless too many were logged this second.
+    pub fn log(&self, peer: SocketAddr, refusal: &Refusal) {
+        let Some(skipped) = lock(&self.budget).take(Instant::now()) else {
+            return;
+        };
+        if skipped > 0 {
+            info!("{skipped} more refused handshake(s) were not logged");
+        }
+        let status = refusal.status;
+        let reason = refusal.reason;
+        match &refusal.origin {
+            Some(origin) => {
+                info!("Refused {peer} (HTTP {status}): {reason}; Origin: {origin:?}");
+            }
+            None => info!("Refused {peer} (HTTP {status}): {reason}"),
+        }
+    }
+}
+
+/// A number of log lines per one-second window.
+#[derive(Debug)]
+struct LogBudget {
+    per_second: u32,
+    window: Instant,
+    used: u32,
+    skipped: u64,
+}
+
+impl LogBudget {
+    fn new(per_second: u32, now: Instant) -> Self {
+        Self {
+            per_second,
+            window: now,
+            used: 0,
+            skipped: 0,
+        }
+    }
+
+    /// `Some(lines left out since the last one)` when a line may be logged
+    /// at `now`; `None` when this second's lines are spent.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.used = 0;
+        }
+        if self.used >= self.per_second {
+            self.skipped += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.skipped))
     }
 }
 
@@ -87,18 +177,28 @@ const MAX_HEADERS: usize = 32;
 /// RFC 6455 key suffix.
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// Who may open a WebSocket: the token and the browser origins.
+/// Who may open a WebSocket: the token, the browser origins and, on a
+/// loopback address, the names the server may be reached by.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     /// The secret a handshake must carry, if any.
     pub token: Option<String>,
-    /// Browser origins allowed besides the server's own.
+    /// Browser origins allowed besides the server's own (lower case, no
+    /// trailing slash).
     pub allowed_origins: Vec<String>,
+    /// When set (the server listens on a loopback address), a request's
+    /// `Host` must be a loopback name or one of `allowed_hosts`: a web page
+    /// whose name was made to resolve to 127.0.0.1 (DNS rebinding) sends its
+    /// own name, and is refused.
+    pub check_host: bool,
+    /// Host names (lower case, with or without a port) allowed besides the
+    /// loopback ones.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Policy {
-    /// The policy the server's flags ask for.
-    pub fn from_config(config: &ServerConfig) -> Self {
+    /// The policy the server's flags ask for, on a listener bound to `local`.
+    pub fn from_config(config: &ServerConfig, local: SocketAddr) -> Self {
         Self {
             token: config.token.clone().filter(|t| !t.is_empty()),
             allowed_origins: config
@@ -106,7 +206,27 @@ impl Policy {
                 .iter()
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
+            check_host: local.ip().is_loopback(),
+            allowed_hosts: config
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
         }
+    }
+
+    /// Whether a request naming `host` may be served.
+    fn host_allowed(&self, host: &str) -> bool {
+        if !self.check_host {
+            return true;
+        }
+        let host = host.trim().to_ascii_lowercase();
+        let name = host_name(&host);
+        is_loopback_name(name)
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|allowed| *allowed == host || allowed == name)
     }
 
     /// Whether a browser's `Origin` may connect: the server's own origin (the
@@ -130,14 +250,36 @@ impl Policy {
             return true;
         };
         let bearer = authorization
-            .and_then(|v| v.trim().strip_prefix("Bearer "))
-            .map(|t| t.trim().to_owned());
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_owned());
         let query = query_param(target, "token");
         [bearer, query]
             .into_iter()
             .flatten()
             .any(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
     }
+}
+
+/// The name in a `Host` value, without its port (`[::1]:80` gives `[::1]`).
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(name, _)| &host[..=name.len()]);
+    }
+    host.split_once(':').map_or(host, |(name, _)| name)
+}
+
+/// `localhost`, an address in 127.0.0.0/8, or `[::1]`.
+fn is_loopback_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name == "[::1]"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The percent-decoded value of `name` in the request target's query string.
@@ -175,16 +317,26 @@ pub enum Decision {
         mode: Mode,
         /// The bytes to send back.
         response: Vec<u8>,
+        /// The request's `Origin`, for the log should the upgrade be refused.
+        origin: Option<String>,
     },
     /// Answer `/healthz` with the server's health.
     Health,
     /// Answer with a plain HTTP response and close.
-    Respond {
-        /// The status code, for the log.
-        status: u16,
-        /// The bytes to send back.
-        response: Vec<u8>,
-    },
+    Respond(Refusal),
+}
+
+/// A request answered with an HTTP error instead of an upgrade.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status code.
+    pub status: u16,
+    /// Why, in words (also the response's body).
+    pub reason: &'static str,
+    /// The request's `Origin`, for the log.
+    pub origin: Option<String>,
+    /// The bytes to send back.
+    pub response: Vec<u8>,
 }
 
 impl Decision {
@@ -194,7 +346,7 @@ impl Decision {
         match self {
             Decision::Upgrade { .. } => 101,
             Decision::Health => 200,
-            Decision::Respond { status, .. } => *status,
+            Decision::Respond(refusal) => refusal.status,
         }
     }
 }
@@ -205,15 +357,24 @@ pub enum HandshakeError {
     /// The peer closed before sending a whole request head.
     #[error("closed during handshake")]
     Eof,
-    /// The request head was over the limit.
+    /// The request head was over the limit (answered 431).
     #[error("request head too large")]
     TooLarge,
+    /// What arrived is not an HTTP request (answered 400).
+    #[error("malformed HTTP request")]
+    Malformed,
+    /// A TLS ClientHello arrived on a plain port (closed at once: a TLS
+    /// client could not read an HTTP answer).
+    #[error("TLS handshake on a plain ws:// port")]
+    Tls,
     /// I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
 /// Reads one request head (up to the blank line), bounded by [`MAX_HEAD`].
+/// What cannot become a request head (a TLS ClientHello, bytes HTTP does
+/// not allow) is an error as soon as it arrives, not after the timeout.
 ///
 /// A WebSocket client must wait for the server's answer before sending frames
 /// (RFC 6455 4.1), so bytes past the head are a protocol violation; the
@@ -227,14 +388,26 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, Hand
         if n == 0 {
             return Err(HandshakeError::Eof);
         }
+        if buf.first() == Some(&TLS_HANDSHAKE_RECORD) {
+            return Err(HandshakeError::Tls);
+        }
         if buf.windows(4).any(|w| w == b"\r\n\r\n") {
             return Ok(buf);
         }
         if buf.len() > MAX_HEAD {
             return Err(HandshakeError::TooLarge);
         }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match httparse::Request::new(&mut headers).parse(&buf) {
+            Ok(_) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooLarge),
+            Err(_) => return Err(HandshakeError::Malformed),
+        }
     }
 }
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Writes a response and flushes it.
 pub async fn send<S: AsyncWrite + Unpin>(io: &mut S, response: &[u8]) -> std::io::Result<()> {
@@ -252,12 +425,29 @@ pub fn text_response(status: u16, reason: &str, headers: &str, body: &str) -> Ve
     .into_bytes()
 }
 
-fn respond(status: u16, reason: &str, body: &str) -> Decision {
-    Decision::Respond {
+/// A refusal with `status` and `phrase` whose body is `reason`.
+fn respond(status: u16, phrase: &str, reason: &'static str) -> Decision {
+    refuse(status, phrase, "", reason)
+}
+
+/// [`respond`] with extra header lines.
+fn refuse(status: u16, phrase: &str, headers: &str, reason: &'static str) -> Decision {
+    Decision::Respond(refusal(status, phrase, headers, reason))
+}
+
+/// The refusal [`refuse`] answers with.
+fn refusal(status: u16, phrase: &str, headers: &str, reason: &'static str) -> Refusal {
+    Refusal {
         status,
-        response: text_response(status, reason, "", body),
+        reason,
+        origin: None,
+        response: text_response(status, phrase, headers, &format!("{reason}\n")),
     }
 }
+
+/// Headers a request may carry only once: two `Host`s or `Origin`s could
+/// be read differently by a proxy in front and by the server.
+const SINGLE_HEADERS: [&str; 3] = ["host", "origin", "sec-websocket-key"];
 
 /// Decides what to do with a request head.
 pub fn decide(head: &[u8], policy: &Policy) -> Decision {
@@ -265,20 +455,22 @@ pub fn decide(head: &[u8], policy: &Policy) -> Decision {
     let mut request = httparse::Request::new(&mut headers);
     let consumed = match request.parse(head) {
         Ok(httparse::Status::Complete(n)) => n,
-        _ => return respond(400, "Bad Request", "malformed HTTP request\n"),
+        Err(httparse::Error::TooManyHeaders) => {
+            return respond(
+                431,
+                "Request Header Fields Too Large",
+                "too many header fields",
+            );
+        }
+        _ => return respond(400, "Bad Request", "malformed HTTP request"),
     };
     if consumed != head.len() {
         return respond(
             400,
             "Bad Request",
-            "data sent before the handshake completed\n",
+            "data sent before the handshake completed",
         );
     }
-    if request.method != Some("GET") {
-        return respond(405, "Method Not Allowed", "only GET is supported\n");
-    }
-    let target = request.path.unwrap_or("/");
-    let path = target.split(['?', '#']).next().unwrap_or("/");
     let header = |name: &str| {
         request
             .headers
@@ -286,49 +478,94 @@ pub fn decide(head: &[u8], policy: &Policy) -> Decision {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
+    let origin = header("origin").map(str::to_owned);
+    let mut decision = route(&request, &header, policy);
+    match &mut decision {
+        Decision::Respond(refusal) => refusal.origin = origin,
+        Decision::Upgrade { origin: slot, .. } => *slot = origin,
+        Decision::Health => {}
+    }
+    decision
+}
+
+/// [`decide`] for a parsed request; `header` looks one up by name.
+fn route<'h>(
+    request: &httparse::Request<'_, 'h>,
+    header: &dyn Fn(&str) -> Option<&'h str>,
+    policy: &Policy,
+) -> Decision {
+    if request.method != Some("GET") {
+        return respond(405, "Method Not Allowed", "only GET is supported");
+    }
+    for name in SINGLE_HEADERS {
+        let count = request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count();
+        if count > 1 {
+            return respond(
+                400,
+                "Bad Request",
+                "a header that may appear once appears twice",
+            );
+        }
+    }
+    let host = header("host");
+    if let Some(host) = host {
+        if !policy.host_allowed(host) {
+            return respond(
+                403,
+                "Forbidden",
+                "this server is not reachable under that name (see --allowed-host)",
+            );
+        }
+    }
+    let target = request.path.unwrap_or("/");
+    let path = target.split(['?', '#']).next().unwrap_or("/");
     let is_upgrade = header("upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
 
     match path {
         "/healthz" if !is_upgrade => return Decision::Health,
         "/" | "/ws" => {}
-        _ => return respond(404, "Not Found", "not found\n"),
+        _ => return respond(404, "Not Found", "not found"),
     }
     if !is_upgrade {
         return respond(
             426,
             "Upgrade Required",
-            "this is a wschat WebSocket endpoint: connect with a WebSocket client\n",
+            "this is a wschat WebSocket endpoint: connect with a WebSocket client",
         );
     }
+    if host.is_none() {
+        return respond(400, "Bad Request", "missing Host");
+    }
     if let Some(origin) = header("origin") {
-        if !policy.origin_allowed(origin, header("host")) {
+        if !policy.origin_allowed(origin, host) {
             return respond(
                 403,
                 "Forbidden",
-                "cross-site WebSocket refused: this origin is not allowed\n",
+                "cross-site WebSocket refused: this origin is not allowed",
             );
         }
     }
     if !policy.authorized(header("authorization"), target) {
-        return Decision::Respond {
-            status: 401,
-            response: text_response(
-                401,
-                "Unauthorized",
-                "WWW-Authenticate: Bearer realm=\"wschat\"\r\n",
-                "a token is required: send Authorization: Bearer TOKEN or ?token=TOKEN\n",
-            ),
-        };
+        return refuse(
+            401,
+            "Unauthorized",
+            "WWW-Authenticate: Bearer realm=\"wschat\"\r\n",
+            "a token is required: send Authorization: Bearer TOKEN or ?token=TOKEN",
+        );
     }
     let connection_upgrade = header("connection").is_some_and(|v| {
         v.split(',')
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
     });
     if !connection_upgrade || header("sec-websocket-version").map(str::trim) != Some("13") {
-        return respond(400, "Bad Request", "not a WebSocket version 13 handshake\n");
+        return respond(400, "Bad Request", "not a WebSocket version 13 handshake");
     }
     let Some(key) = header("sec-websocket-key").map(str::trim) else {
-        return respond(400, "Bad Request", "missing Sec-WebSocket-Key\n");
+        return respond(400, "Bad Request", "missing Sec-WebSocket-Key");
     };
     let json = header("sec-websocket-protocol")
         .is_some_and(|v| v.split(',').any(|p| p.trim() == SUBPROTOCOL));
@@ -349,6 +586,7 @@ pub fn decide(head: &[u8], policy: &Policy) -> Decision {
     Decision::Upgrade {
         mode: if json { Mode::Json } else { Mode::Plain },
         response: response.into_bytes(),
+        origin: None,
     }
 }
 
@@ -377,8 +615,8 @@ mod tests {
     #[test]
     fn origin_policy() {
         let policy = Policy {
-            token: None,
             allowed_origins: vec!["https://chat.example.org".into()],
+            ..Policy::default()
         };
         assert_eq!(upgrade_with("/", &[], &policy), 101);
         assert_eq!(
@@ -408,12 +646,20 @@ mod tests {
     fn token_policy() {
         let policy = Policy {
             token: Some("s3cret/+".into()),
-            allowed_origins: Vec::new(),
+            ..Policy::default()
         };
         assert_eq!(upgrade_with("/", &[], &policy), 401);
         assert_eq!(
             upgrade_with("/", &["Authorization: Bearer s3cret/+"], &policy),
             101
+        );
+        assert_eq!(
+            upgrade_with("/", &["Authorization: bearer  s3cret/+"], &policy),
+            101
+        );
+        assert_eq!(
+            upgrade_with("/", &["Authorization: Basic s3cret/+"], &policy),
+            401
         );
         assert_eq!(
             upgrade_with("/", &["Authorization: Bearer wrong"], &policy),
@@ -432,6 +678,123 @@ mod tests {
         decision.status()
     }
 
+    /// An upgrade naming `host`, checked as on a loopback listener.
+    fn upgrade_to_host(host: &str, extra: &[&str], allowed: &[&str]) -> u16 {
+        let policy = Policy {
+            check_host: true,
+            allowed_hosts: allowed.iter().map(|h| (*h).to_owned()).collect(),
+            ..Policy::default()
+        };
+        let host = format!("Host: {host}");
+        let mut lines = vec!["GET / HTTP/1.1", host.as_str()];
+        lines.extend_from_slice(&UPGRADE[1..]);
+        lines.extend_from_slice(extra);
+        status(&decide(&request(&lines), &policy))
+    }
+
+    #[test]
+    fn loopback_listener_refuses_other_host_names() {
+        for host in [
+            "localhost",
+            "LOCALHOST:2000",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:2000",
+            "app.localhost",
+        ] {
+            assert_eq!(upgrade_to_host(host, &[], &[]), 101, "{host}");
+        }
+        for host in [
+            "evil.example:2000",
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "[::2]",
+        ] {
+            assert_eq!(upgrade_to_host(host, &[], &[]), 403, "{host}");
+        }
+        // DNS rebinding: the page's own origin matches its own Host, and
+        // that is exactly what must not pass.
+        assert_eq!(
+            upgrade_to_host(
+                "evil.example:2000",
+                &["Origin: http://evil.example:2000"],
+                &[]
+            ),
+            403
+        );
+        assert_eq!(
+            upgrade_to_host("chat.example.org:8080", &[], &["chat.example.org"]),
+            101
+        );
+        assert_eq!(
+            upgrade_to_host("chat.example.org", &[], &["chat.example.org:8080"]),
+            403
+        );
+        // Off loopback, any name will do.
+        assert_eq!(upgrade_with("/", &[], &Policy::default()), 101);
+        let mut lines = vec!["GET / HTTP/1.1", "Host: anything.example"];
+        lines.extend_from_slice(&UPGRADE[1..]);
+        assert_eq!(status(&decide(&request(&lines), &open())), 101);
+    }
+
+    #[test]
+    fn duplicate_identity_headers_are_refused() {
+        for extra in ["Host: other", "Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA=="] {
+            assert_eq!(upgrade_with("/", &[extra], &open()), 400, "{extra}");
+        }
+        assert_eq!(
+            upgrade_with(
+                "/",
+                &["Origin: http://localhost", "origin: https://evil.example"],
+                &open()
+            ),
+            400
+        );
+        assert_eq!(
+            upgrade_with("/", &["X-Twice: 1", "X-Twice: 2"], &open()),
+            101
+        );
+    }
+
+    #[test]
+    fn refusals_carry_their_reason_and_origin() {
+        let head = request(&[
+            "GET / HTTP/1.1",
+            "Host: localhost",
+            "Origin: https://evil.example",
+            "Upgrade: websocket",
+        ]);
+        let Decision::Respond(refusal) = decide(&head, &open()) else {
+            panic!("expected a refusal");
+        };
+        assert_eq!(refusal.status, 403);
+        assert_eq!(refusal.origin.as_deref(), Some("https://evil.example"));
+        let response = String::from_utf8(refusal.response).expect("text");
+        assert!(response.ends_with(&format!("\r\n\r\n{}\n", refusal.reason)));
+    }
+
+    #[test]
+    fn refusal_log_lines_are_rationed_per_second() {
+        let start = Instant::now();
+        let mut budget = LogBudget::new(3, start);
+        let taken: Vec<_> = (0..5).map(|_| budget.take(start)).collect();
+        assert_eq!(taken, [Some(0), Some(0), Some(0), None, None]);
+        let soon = start + Duration::from_millis(999);
+        assert_eq!(budget.take(soon), None);
+        // The next second's first line reports what was left out.
+        let next = start + Duration::from_secs(1);
+        assert_eq!(budget.take(next), Some(3));
+        assert_eq!(budget.take(next), Some(0));
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let extra: Vec<String> = (0..MAX_HEADERS).map(|i| format!("X-{i}: y")).collect();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        assert_eq!(upgrade_with("/", &extra, &open()), 431);
+    }
+
     const UPGRADE: &[&str] = &[
         "Host: localhost",
         "Upgrade: websocket",
@@ -444,7 +807,7 @@ mod tests {
     fn accepts_rfc_example_key() {
         let mut lines = vec!["GET /ws HTTP/1.1"];
         lines.extend_from_slice(UPGRADE);
-        let Decision::Upgrade { mode, response } = decide(&request(&lines), &Policy::default())
+        let Decision::Upgrade { mode, response, .. } = decide(&request(&lines), &Policy::default())
         else {
             panic!("expected an upgrade");
         };
@@ -461,7 +824,7 @@ mod tests {
             "Sec-WebSocket-Protocol: chat, wschat.v1",
         ];
         lines.extend_from_slice(UPGRADE);
-        let Decision::Upgrade { mode, response } = decide(&request(&lines), &Policy::default())
+        let Decision::Upgrade { mode, response, .. } = decide(&request(&lines), &Policy::default())
         else {
             panic!("expected an upgrade");
         };

@@ -5,6 +5,7 @@
 //! tracked, so shutdown can close every peer with 1001 and wait (bounded)
 //! until all of them are done.
 
+pub mod admission;
 mod commands;
 pub mod fanout;
 pub mod frames;
@@ -22,13 +23,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
 use crate::error::{Error, Result, describe_io};
+use admission::Admission;
 use fanout::{Fanout, MemoryFanout};
 use history::{History, MemoryHistory, SqliteHistory};
 use presence::{MemoryPresence, Presence};
@@ -67,6 +68,10 @@ pub struct Shared {
     pub presence: Arc<dyn Presence>,
     /// Who may connect.
     pub policy: handshake::Policy,
+    /// Handshake places, connection slots and per-address counts.
+    pub admission: Arc<Admission>,
+    /// Refused handshakes, logged at a bounded rate.
+    pub refusals: handshake::RefusalLog,
     node: u64,
     next_seq: AtomicU64,
 }
@@ -76,7 +81,7 @@ impl Shared {
     ///
     /// # Errors
     /// When the history database cannot be used.
-    fn open(config: ServerConfig) -> Result<Self> {
+    fn open(config: ServerConfig, local: SocketAddr) -> Result<Self> {
         let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.max_lag));
         let history: Arc<dyn History> = match &config.db {
             Some(path) => Arc::new(
@@ -93,7 +98,13 @@ impl Shared {
             fanout,
             history,
             presence: Arc::new(MemoryPresence::default()),
-            policy: handshake::Policy::from_config(&config),
+            policy: handshake::Policy::from_config(&config, local),
+            admission: Arc::new(Admission::new(
+                config.max_handshakes,
+                config.max_connections,
+                config.max_per_ip,
+            )),
+            refusals: handshake::RefusalLog::default(),
             node: fastrand::u64(..),
             next_seq: AtomicU64::new(1),
             config,
@@ -166,8 +177,7 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
         _ => None,
     };
-    let shared = Arc::new(Shared::open(config)?);
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let shared = Arc::new(Shared::open(config, local)?);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let scheme = if tls.is_some() { "wss" } else { "ws" };
@@ -179,13 +189,18 @@ pub async fn run(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Every handshake place taken: close at once, before
+                    // spending anything on this connection.
+                    let Some(arriving) = shared.admission.arrive(peer.ip()) else {
+                        debug!("{peer}: closed: too many handshakes in progress");
+                        continue;
+                    };
                     // Without this, Nagle holds small frames back for tens of ms.
                     let _ = stream.set_nodelay(true);
-                    let slot = slots.clone().try_acquire_owned().ok();
                     let (shared, token) = (shared.clone(), token.clone());
                     match &tls {
                         None => {
-                            tracker.spawn(session::serve(stream, peer, slot, shared, token));
+                            tracker.spawn(session::serve(stream, peer, arriving, shared, token));
                         }
                         Some(acceptor) => {
                             let accept = acceptor.accept(stream);
@@ -193,7 +208,7 @@ pub async fn run(
                                 let within = shared.config.handshake_within();
                                 match tokio::time::timeout(within, accept).await {
                                     Ok(Ok(stream)) => {
-                                        session::serve(stream, peer, slot, shared, token).await;
+                                        session::serve(stream, peer, arriving, shared, token).await;
                                     }
                                     Ok(Err(err)) => debug!("{peer}: TLS handshake failed: {err}"),
                                     Err(_) => debug!("{peer}: TLS handshake timed out"),

@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::ReadBuf;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::Shared;
+use super::admission::Arriving;
 use super::commands::{Conn, Replies, Storing};
 use super::fanout::{Delivery, FeedError};
 use super::frames::{FrameReader, Incoming, Violation};
@@ -53,16 +53,17 @@ const TRY_AGAIN_LATER: u16 = 1013;
 
 /// Serves one accepted connection from handshake to close.
 ///
-/// `slot` is this connection's share of `--max-connections`; without one the
-/// handshake is answered with 503.
+/// `arriving` holds the connection's handshake place; a successful
+/// handshake trades it for a connection slot.
 pub(super) async fn serve<S: Transport>(
     mut stream: S,
     peer: SocketAddr,
-    slot: Option<OwnedSemaphorePermit>,
+    arriving: Arriving,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let Some((mode, slot)) = handshake::accept(&mut stream, peer, slot, &shared, &shutdown).await
+    let Some((mode, slot)) =
+        handshake::accept(&mut stream, peer, arriving, &shared, &shutdown).await
     else {
         return;
     };
