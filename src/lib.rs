@@ -15,6 +15,7 @@
 //!   `presence` (nicks, members, private delivery).
 //! - [`client`]: the terminal client: `session` (connect, reconnect, resume),
 //!   `render` (how things are said), `terminal` (line editor, plain stdio).
+//! - [`logging`]: the server's logs, through a writer that never blocks.
 //! - [`limit`]: the token bucket behind flood control (server and client).
 //! - [`tls`]: loading certificates and keys for `wss://`.
 //! - [`config`]: the command-line flags of both binaries and the plain
@@ -25,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod limit;
+pub mod logging;
 pub mod protocol;
 pub mod server;
 pub mod tls;

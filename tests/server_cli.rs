@@ -177,3 +177,88 @@ async fn refused_handshakes_are_logged_with_reason_and_origin() {
         "{line}"
     );
 }
+
+/// The server on a free port with its stderr a pipe the test holds; returns
+/// the process, its URL and the pipe, read up to the `listening on` line.
+async fn server_with_own_stderr(
+    args: &[&str],
+) -> (tokio::process::Child, String, tokio::process::ChildStderr) {
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new(SERVER)
+        .args(["--port", "0"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stderr = child.stderr.take().expect("stderr");
+    // Byte by byte, so nothing past the line is taken from the pipe.
+    let mut line = Vec::new();
+    let url = common::within("the listening line", async {
+        loop {
+            let byte = stderr.read_u8().await.expect("stderr open");
+            if byte != b'\n' {
+                line.push(byte);
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            if let Some((_, url)) = text.split_once("listening on ") {
+                return url.trim().to_owned();
+            }
+            line.clear();
+        }
+    })
+    .await;
+    (child, url, stderr)
+}
+
+/// Sends SIGTERM and returns the exit code.
+async fn terminate(child: &mut tokio::process::Child) -> Option<i32> {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    common::within("the server to exit", child.wait())
+        .await
+        .expect("wait")
+        .code()
+}
+
+#[tokio::test]
+async fn a_closed_stderr_costs_log_lines_not_connections() {
+    let (mut server, url, stderr) = server_with_own_stderr(&[]).await;
+    drop(stderr);
+    // Every connection logs at info; none of that may hurt it.
+    let [mut a, mut b] = plain_peers(&url).await;
+    a.send("still here").await;
+    b.expect(&format!("{}: still here", a.name())).await;
+    a.close().await;
+    let mut c = Peer::plain_raw(&url).await;
+    c.send("/rooms").await;
+    while !c.text().await.starts_with("* rooms: ") {}
+    assert_eq!(terminate(&mut server).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_stderr_nobody_reads_never_stalls_the_chat() {
+    // Debug logs a line per message: far more than a pipe holds.
+    let (mut server, url, stderr) = server_with_own_stderr(&["-v", "--rate", "0"]).await;
+    let [mut a, mut b] = plain_peers(&url).await;
+    let padding = "p".repeat(200);
+    for n in 0..3000 {
+        a.send(&format!("{n} {padding}")).await;
+    }
+    for n in 0..3000 {
+        b.expect(&format!("{}: {n} {padding}", a.name())).await;
+    }
+    let mut c = Peer::plain_raw(&url).await;
+    c.send("/rooms").await;
+    while c.text().await != "* rooms: lobby (3)" {}
+    assert_eq!(terminate(&mut server).await, Some(0));
+    drop(stderr);
+}

@@ -1,10 +1,8 @@
 //! `server`: parse flags, set up logging, bind, serve until Ctrl+C / SIGTERM.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use wschat::config::ServerArgs;
 use wschat::error::report;
 use wschat::server;
@@ -12,15 +10,7 @@ use wschat::server;
 fn main() -> ExitCode {
     // clap prints usage errors itself and exits with status 2.
     let args = ServerArgs::parse();
-    let default_level = if args.verbose { "debug" } else { "info" };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let _logging = wschat::logging::init(args.verbose);
 
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
