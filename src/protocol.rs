@@ -63,6 +63,8 @@ pub enum ErrorCode {
     BinaryUnsupported,
     /// A message with no text.
     Empty,
+    /// The text carries a control character (other than TAB).
+    BadText,
     /// The server cannot store or read messages right now; nothing was delivered.
     Unavailable,
     /// Any other failure (the text says what).
@@ -448,6 +450,69 @@ pub fn parse_json(text: &str) -> Result<Request, Rejection> {
     }
 }
 
+/// Readies message text (chat or private) the way every mode does: one
+/// trailing `\n` or `\r\n` (what raw tools append) is dropped, then any
+/// control character but TAB (C0, DEL, C1) refuses the message, so no
+/// message can forge a line of its own or reach a terminal as an escape
+/// sequence.
+///
+/// # Errors
+/// `bad_text`, naming the first control character.
+pub fn clean_text(text: &mut String) -> Result<(), Rejection> {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    match first_control(text) {
+        None => Ok(()),
+        Some(c) => Err(Rejection::new(
+            ErrorCode::BadText,
+            format!(
+                "message not delivered: it contains the control character U+{:04X}",
+                u32::from(c)
+            ),
+        )),
+    }
+}
+
+/// The first control character in `text` other than TAB.
+fn first_control(text: &str) -> Option<char> {
+    // Bytes first: C0 and DEL are single bytes, and every C1 character is
+    // encoded as 0xC2 followed by 0x80..=0x9F.
+    let bytes = text.as_bytes();
+    let suspect = bytes
+        .iter()
+        .position(|&b| (b < 0x20 && b != b'\t') || b == 0x7f || b == 0xc2)?;
+    text[suspect..]
+        .chars()
+        .find(|&c| c != '\t' && c.is_control())
+}
+
+/// `text` with every control character but TAB made visible: C0 and DEL in
+/// caret notation (`^[` for ESC, `^J` for a newline, `^?` for DEL), C1 as
+/// `<U+009B>`. What a terminal shows is then exactly what was sent.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    if first_control(text).is_none() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match u32::from(c) {
+            0x09 => out.push(c),
+            code @ 0x00..=0x1f => {
+                out.push('^');
+                out.push(char::from(b'@' + code as u8));
+            }
+            0x7f => out.push_str("^?"),
+            code @ 0x80..=0x9f => out.push_str(&format!("<U+{code:04X}>")),
+            _ => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -459,6 +524,49 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cleaned(text: &str) -> Result<String, ErrorCode> {
+        let mut text = text.to_owned();
+        clean_text(&mut text).map(|()| text).map_err(|r| r.code)
+    }
+
+    #[test]
+    fn text_loses_one_trailing_newline_and_refuses_control_characters() {
+        assert_eq!(cleaned("hi\n"), Ok("hi".into()));
+        assert_eq!(cleaned("hi\r\n"), Ok("hi".into()));
+        assert_eq!(cleaned("tab\tok\n"), Ok("tab\tok".into()));
+        assert_eq!(cleaned("héllo wörld ✓"), Ok("héllo wörld ✓".into()));
+        assert_eq!(
+            cleaned("\u{a0}non-breaking\u{ff}"),
+            Ok("\u{a0}non-breaking\u{ff}".into())
+        );
+        for bad in [
+            "two\n\n",
+            "a\nbob: forged",
+            "cr\ronly",
+            "\u{1b}[2Jclear",
+            "bell\u{7}",
+            "del\u{7f}",
+            "csi\u{9b}31m",
+            "nul\0",
+            "trailing cr\r",
+        ] {
+            assert_eq!(cleaned(bad), Err(ErrorCode::BadText), "{bad:?}");
+        }
+        let mut text = "x\u{1b}".to_owned();
+        let rejection = clean_text(&mut text).expect_err("ESC");
+        assert_eq!(
+            rejection.text,
+            "message not delivered: it contains the control character U+001B"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(visible("plain ✓\ttab"), "plain ✓\ttab");
+        assert_eq!(visible("a\nbob: forged"), "a^Jbob: forged");
+        assert_eq!(visible("\u{1b}[2J\r\u{7f}\u{9b}"), "^[[2J^M^?<U+009B>");
+    }
 
     #[test]
     fn plain_text_is_a_message() {

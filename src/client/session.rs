@@ -21,7 +21,7 @@ use crate::config::ClientConfig;
 use crate::limit::TokenBucket;
 use crate::protocol::{
     ClientFrame, DEFAULT_ROOM, ErrorCode, HELP, Request, SUBPROTOCOL, ServerFrame, normalize_room,
-    parse_plain,
+    parse_plain, visible,
 };
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -111,7 +111,7 @@ impl<'o> Client<'o> {
     pub(super) async fn run(&mut self) -> i32 {
         if let Some(room) = &self.config.room {
             if let Err(rejection) = normalize_room(room) {
-                self.out.status(&format!("error: {}", rejection.text));
+                self.status(&format!("error: {}", rejection.text));
                 return 2;
             }
         }
@@ -137,7 +137,7 @@ impl<'o> Client<'o> {
                         SessionEnd::GaveUp => return self.give_up(),
                         SessionEnd::Lost(reason) => {
                             if let Some(reason) = reason {
-                                self.out.status(&reason);
+                                self.status(&reason);
                             }
                             true
                         }
@@ -151,7 +151,7 @@ impl<'o> Client<'o> {
             };
             if self.config.no_reconnect {
                 if lost {
-                    self.out.status("connection lost");
+                    self.status("connection lost");
                 }
                 return 1;
             }
@@ -165,7 +165,7 @@ impl<'o> Client<'o> {
                 self.out
                     .status(&format!("connection lost, reconnecting in {secs}s"));
             } else {
-                self.out.status(&format!("reconnecting in {secs}s"));
+                self.status(&format!("reconnecting in {secs}s"));
             }
             if !self.wait_offline(delay).await {
                 return 0;
@@ -183,7 +183,7 @@ impl<'o> Client<'o> {
 
     fn give_up(&mut self) -> i32 {
         let left = self.outbox.len() + self.unacked.len();
-        self.out.status(&format!(
+        self.status(&format!(
             "gave up: {left} message(s) not confirmed by the server"
         ));
         1
@@ -628,9 +628,17 @@ impl<'o> Client<'o> {
         self.print_at(line, None);
     }
 
+    /// Prints a transcript line. What the server sent is shown, never
+    /// obeyed: control characters are made visible (an older server may
+    /// pass them on).
     fn print_at(&mut self, line: &str, ts: Option<u64>) {
-        let line = timestamped(line, ts, self.config.timestamps);
+        let line = timestamped(&visible(line), ts, self.config.timestamps);
         self.out.line(&line);
+    }
+
+    /// Prints a status line (stderr), control characters made visible.
+    fn status(&mut self, line: &str) {
+        self.out.status(&visible(line));
     }
 }
 

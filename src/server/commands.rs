@@ -21,8 +21,8 @@ use super::presence::{Mailbox, Member, PrivateMessage};
 use super::{ConnId, Shared};
 use crate::limit::TokenBucket;
 use crate::protocol::{
-    DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, normalize_room, now_ms,
-    validate_nick,
+    DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, clean_text,
+    normalize_room, now_ms, validate_nick,
 };
 
 /// Answers for the connection that sent a command, in order.
@@ -238,12 +238,12 @@ impl Conn {
     /// future yields the error to send back if the message was not stored.
     pub fn say(
         &mut self,
-        text: String,
+        mut text: String,
         cid: Option<String>,
         shared: &Shared,
         out: &mut Replies,
     ) -> Option<Storing> {
-        if let Err(rejection) = self.check_text(&text, shared) {
+        if let Err(rejection) = self.check_text(&mut text, shared) {
             out.push(ServerFrame::error(rejection, cid));
             return None;
         }
@@ -273,8 +273,10 @@ impl Conn {
         }
     }
 
-    /// Checks a message against the limits (taking a rate token if it passes).
-    fn check_text(&mut self, text: &str, shared: &Shared) -> Result<(), Rejection> {
+    /// Readies a message's text and checks it against the limits (taking a
+    /// rate token if it passes).
+    fn check_text(&mut self, text: &mut String, shared: &Shared) -> Result<(), Rejection> {
+        clean_text(text)?;
         let config = &shared.config;
         let max = config.max_message_bytes;
         if text.len() > max {
@@ -396,12 +398,12 @@ impl Conn {
     async fn private(
         &mut self,
         to: &str,
-        text: String,
+        mut text: String,
         cid: Option<String>,
         shared: &Shared,
         out: &mut Replies,
     ) {
-        if let Err(rejection) = self.check_text(&text, shared) {
+        if let Err(rejection) = self.check_text(&mut text, shared) {
             return out.push(ServerFrame::error(rejection, cid));
         }
         let message = PrivateMessage {
