@@ -42,8 +42,12 @@ start_server() {
                 if [ "$1" = --db ]; then rm -f "$2" "$2-wal" "$2-shm"; fi
                 shift
             done
+            # Every benchmark client comes from 127.0.0.1: no per-address cap
+            # (older builds, measured for comparison, have none to lift).
+            local per_ip=""
+            if "$SERVER" --help | grep -q -- --max-per-ip; then per_ip="--max-per-ip 0"; fi
             # shellcheck disable=SC2086
-            taskset -c 0 "$SERVER" --port "$PORT" --rate 0 --max-connections 30000 $SERVER_ARGS 2>/dev/null &
+            taskset -c 0 "$SERVER" --port "$PORT" --rate 0 --max-connections 30000 $per_ip $SERVER_ARGS 2>/dev/null &
             ;;
         exercise) taskset -c 0 ./target/release/examples/exercise_server "127.0.0.1:$PORT" 2>/dev/null & ;;
     esac

@@ -129,6 +129,12 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = defaults::RATE_BURST)]
     pub rate_burst: u32,
 
+    /// Messages allowed per client address per 10 seconds, over all its
+    /// connections, so reconnecting does not reset flood control (default:
+    /// 10 times --rate; bursts of half of it; 0: no limit).
+    #[arg(long, value_name = "N")]
+    pub rate_per_ip: Option<u32>,
+
     /// Require this secret at the handshake (`Authorization: Bearer` or `?token=`).
     #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true, value_parser = non_empty_token)]
     pub token: Option<String>,
@@ -179,6 +185,9 @@ pub enum DbSync {
     /// acknowledged, so it survives a power loss where the disk honours fsync.
     Full,
 }
+
+/// How many connections' worth of flood budget one address has by default.
+pub const PER_IP_FACTOR: u32 = 10;
 
 /// `--token`'s value: an empty one would silently turn authentication off.
 fn non_empty_token(value: &str) -> Result<String, String> {
@@ -248,6 +257,7 @@ impl ServerArgs {
             announce_limit: self.announce_limit,
             rate: self.rate,
             rate_burst: self.rate_burst,
+            rate_per_ip: self.rate_per_ip,
             token: self.token.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
@@ -292,6 +302,9 @@ pub struct ServerConfig {
     pub rate: u32,
     /// Messages a connection may send at once.
     pub rate_burst: u32,
+    /// Messages per client address per 10 seconds (0: no limit; `None`:
+    /// [`PER_IP_FACTOR`] times `rate`).
+    pub rate_per_ip: Option<u32>,
     /// The secret a handshake must carry.
     pub token: Option<String>,
     /// Certificate chain for wss://.
@@ -327,6 +340,7 @@ impl Default for ServerConfig {
             announce_limit: defaults::ANNOUNCE_LIMIT,
             rate: defaults::RATE,
             rate_burst: defaults::RATE_BURST,
+            rate_per_ip: None,
             token: None,
             tls_cert: None,
             tls_key: None,
@@ -348,6 +362,15 @@ impl ServerConfig {
     /// Silence after which a peer is dropped.
     pub fn idle_after(&self) -> Duration {
         Duration::from_secs(self.idle_timeout.max(1))
+    }
+
+    /// Each address's flood budget: requests per 10 s (0: no limit), and
+    /// the burst, half of that (as `--rate`'s default burst is half of it).
+    pub fn budget_per_ip(&self) -> (u32, u32) {
+        let rate = self
+            .rate_per_ip
+            .unwrap_or(self.rate.saturating_mul(PER_IP_FACTOR));
+        (rate, (rate / 2).max(1))
     }
 
     /// Time allowed for the HTTP handshake.

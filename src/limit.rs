@@ -52,6 +52,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket is full at `now` (it then says nothing a new one
+    /// would not).
+    pub fn full_at(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+
     /// How long until a token is available (zero if one is).
     pub fn wait(&mut self) -> Duration {
         self.refill(Instant::now());

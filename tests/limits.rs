@@ -63,7 +63,7 @@ async fn flood_control_refuses_beyond_the_burst_and_can_be_disabled() {
         a.send(&format!("m{n}")).await;
     }
     a.expect(
-        "! rate limited: at most 20 messages per 10 s (bursts of 3); this one was not delivered",
+        "! rate limited: at most 20 requests per 10 s (bursts of 3); this one was not carried out",
     )
     .await;
     for n in 0..3 {
@@ -90,6 +90,122 @@ async fn flood_control_refuses_beyond_the_burst_and_can_be_disabled() {
             "{frame:?}"
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_command_counts_against_flood_control() {
+    let server = TestServer::with(|c| {
+        c.rate = 1;
+        c.rate_burst = 3;
+    })
+    .await;
+    let url = server.url();
+    let [mut a, mut b] = plain_peers(&url).await;
+    a.send("/rooms").await;
+    a.expect("* rooms: lobby (2)").await;
+    a.send("/join elsewhere").await;
+    a.expect(&format!("* {} joined elsewhere", a.name())).await;
+    a.send("/join lobby").await;
+    a.expect(&format!("* {} joined lobby", a.name())).await;
+    a.send("/join spam").await;
+    a.send("/nick spammer").await;
+    a.send("hello").await;
+    for _ in 0..3 {
+        a.expect(
+            "! rate limited: at most 1 requests per 10 s (bursts of 3); this one was not carried out",
+        )
+        .await;
+    }
+    // None of them happened: b's next line answers its own request.
+    b.expect(&format!("* {} left lobby", a.name())).await;
+    b.expect(&format!("* {} joined lobby", a.name())).await;
+    b.send("/who").await;
+    b.expect(&format!("* 2 in lobby: {}, {}", a.name(), b.name()))
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reconnecting_does_not_reset_flood_control() {
+    let server = TestServer::with(|c| {
+        c.rate = 20;
+        c.rate_burst = 10;
+        c.rate_per_ip = Some(8);
+    })
+    .await;
+    let url = server.url();
+    let mut watcher = Peer::plain(&url).await;
+    // The address may send a burst of 4; each connection, of 10.
+    let mut first = Peer::plain_raw(&url).await;
+    first.expect(WELCOME).await;
+    for n in 0..4 {
+        first.send(&format!("m{n}")).await;
+    }
+    first.send("one too many").await;
+    let refused = "! rate limited: your address may send at most 8 requests per 10 s over all \
+                   its connections; this one was not carried out";
+    loop {
+        let line = first.text().await;
+        if line.starts_with("! ") {
+            assert_eq!(line, refused);
+            break;
+        }
+    }
+    first.close().await;
+    let mut second = Peer::plain_raw(&url).await;
+    second.expect(WELCOME).await;
+    second.send("fresh start?").await;
+    loop {
+        let line = second.text().await;
+        if line.starts_with("! ") {
+            assert_eq!(line, refused);
+            break;
+        }
+    }
+    let first_name = first_name_of(&mut watcher).await;
+    for n in 0..4 {
+        watcher.expect(&format!("{first_name}: m{n}")).await;
+    }
+    server.stop().await;
+}
+
+/// The name in the next `joined lobby` notice `peer` reads.
+async fn first_name_of(peer: &mut Peer) -> String {
+    loop {
+        let line = peer.text().await;
+        if let Some(name) = line
+            .strip_prefix("* ")
+            .and_then(|l| l.strip_suffix(" joined lobby"))
+        {
+            return name.to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_keeps_flooding_is_closed_1008() {
+    let server = TestServer::with(|c| {
+        c.rate = 1;
+        c.rate_burst = 1;
+    })
+    .await;
+    let (status, peer) = RawPeer::upgrade(server.addr, "/", &[]).await;
+    assert_eq!(status, 101);
+    let mut peer = peer.expect("upgraded");
+    for n in 0..101 {
+        peer.send_frame(1, format!("flood {n}").as_bytes()).await;
+    }
+    let mut refusals = 0;
+    let closed = loop {
+        match peer.frame().await.expect("a frame") {
+            RawFrame::Text(line) if line.starts_with("! rate limited") => refusals += 1,
+            RawFrame::Text(_) | RawFrame::Ping => {}
+            RawFrame::Close(code, reason) => break (code, reason),
+        }
+    };
+    assert_eq!(closed, (1008, "flooding".to_owned()));
+    assert_eq!(refusals, 100);
     server.stop().await;
 }
 

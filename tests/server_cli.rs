@@ -247,7 +247,9 @@ async fn a_closed_stderr_costs_log_lines_not_connections() {
 #[tokio::test]
 async fn a_stderr_nobody_reads_never_stalls_the_chat() {
     // Debug logs a line per message: far more than a pipe holds.
-    let (mut server, url, stderr) = server_with_own_stderr(&["-v", "--rate", "0"]).await;
+    // b reads only once a has sent everything: room for all of it.
+    let (mut server, url, stderr) =
+        server_with_own_stderr(&["-v", "--rate", "0", "--max-lag", "4096"]).await;
     let [mut a, mut b] = plain_peers(&url).await;
     let padding = "p".repeat(200);
     for n in 0..3000 {

@@ -376,6 +376,7 @@ impl<'o> Client<'o> {
     /// Claims the nick and room and asks for what was missed, then the barrier ping.
     async fn resume(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
         if let Some(nick) = self.nick.clone() {
+            self.spend_token();
             send_raw(ws, json(&ClientFrame::Nick { nick })).await?;
         }
         let after = self.last_seen.get(&self.room).copied();
@@ -387,9 +388,18 @@ impl<'o> Client<'o> {
                 // it says so with a `gap` and replays afresh.
                 epoch: after.and(self.epoch),
             };
+            self.spend_token();
             send_raw(ws, json(&frame)).await?;
         }
         send_raw(ws, Message::ping(SYNC)).await
+    }
+
+    /// Counts a request sent outside [`Self::pump`] against the bucket, as
+    /// the server does (it is sent whatever the bucket says).
+    fn spend_token(&mut self) {
+        if let Some(bucket) = &mut self.bucket {
+            let _ = bucket.try_take();
+        }
     }
 
     /// After the replay: show what was held, resend what was not stored, then
@@ -408,9 +418,9 @@ impl<'o> Client<'o> {
     /// Sends queued frames as far as the rate allows; once input has ended and
     /// everything is out, sends the end-of-input ping.
     async fn pump(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
-        while let Some(front) = self.outbox.front() {
-            let is_message = matches!(front, ClientFrame::Say { .. } | ClientFrame::Private { .. });
-            if let (true, Some(bucket)) = (is_message, &mut self.bucket) {
+        // Every request counts against the server's flood control, commands too.
+        while !self.outbox.is_empty() {
+            if let Some(bucket) = &mut self.bucket {
                 if !bucket.try_take() {
                     self.pace_at = Some(Instant::now() + bucket.wait());
                     return Ok(());

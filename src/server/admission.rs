@@ -1,5 +1,6 @@
-//! Who gets in: handshakes in progress, connection slots and connections
-//! per client address.
+//! Who gets in, and how much each client address may ask: handshakes in
+//! progress, connection slots, connections per address and the address's
+//! flood-control budget.
 //!
 //! A TCP connection first takes one of `--max-handshakes` places (none left:
 //! it is closed at once) and counts against its address's
@@ -7,14 +8,24 @@
 //! `--max-connections` slots, so sockets that never finish their handshake
 //! cost a bounded number of places for at most `--handshake-timeout`, and
 //! never keep real users out of the chat.
+//!
+//! An address is an IPv4 address or an IPv6 /64 (what one home or one
+//! machine is usually given). Its budget (`--rate-per-ip`) is shared by all
+//! its connections and outlives them until it has refilled, so reconnecting
+//! does not reset it.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::lock;
+use crate::limit::TokenBucket;
+
+/// Arrivals between sweeps of addresses that have no connection left.
+const SWEEP_EVERY: u32 = 1024;
 
 /// The server's places: handshakes, slots and per-address counts.
 #[derive(Debug)]
@@ -22,7 +33,46 @@ pub struct Admission {
     handshakes: Arc<Semaphore>,
     slots: Arc<Semaphore>,
     max_per_ip: usize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// A full budget as each address starts with (`None`: no budget).
+    budget: Option<TokenBucket>,
+    addresses: Mutex<Addresses>,
+}
+
+/// What is known of each client address.
+#[derive(Debug, Default)]
+struct Addresses {
+    by_key: HashMap<IpAddr, Address>,
+    arrivals: u32,
+}
+
+/// One client address: its open connections and its flood budget.
+#[derive(Debug, Default)]
+struct Address {
+    connections: usize,
+    budget: Option<TokenBucket>,
+}
+
+impl Address {
+    /// Whether forgetting it would change nothing: no connection, and a
+    /// budget as full as a new one.
+    fn forgettable(&mut self, now: Instant) -> bool {
+        self.connections == 0 && self.budget.as_mut().is_none_or(|b| b.full_at(now))
+    }
+}
+
+/// The key an address is counted under: IPv4 as is (IPv4-mapped IPv6 too),
+/// IPv6 by its /64.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 /// Why an upgrade was refused.
@@ -42,8 +92,30 @@ impl Admission {
             handshakes: Arc::new(Semaphore::new(max_handshakes)),
             slots: Arc::new(Semaphore::new(max_connections)),
             max_per_ip,
-            per_ip: Mutex::new(HashMap::new()),
+            budget: None,
+            addresses: Mutex::new(Addresses::default()),
         }
+    }
+
+    /// Gives each address a budget of `rate` requests per 10 s, `burst` at
+    /// once, over all its connections (0: none).
+    #[must_use]
+    pub fn with_budget(mut self, rate: u32, burst: u32) -> Self {
+        self.budget = TokenBucket::new(rate, burst);
+        self
+    }
+
+    /// Takes one request from `ip`'s budget; `false` when it is spent.
+    pub fn spend(&self, ip: IpAddr) -> bool {
+        let Some(full) = &self.budget else {
+            return true;
+        };
+        let mut addresses = lock(&self.addresses);
+        let address = addresses.by_key.entry(address_key(ip)).or_default();
+        address
+            .budget
+            .get_or_insert_with(|| full.clone())
+            .try_take()
     }
 
     /// A new TCP connection from `ip`: its handshake place and its count
@@ -51,10 +123,15 @@ impl Admission {
     pub fn arrive(self: &Arc<Self>, ip: IpAddr) -> Option<Arriving> {
         let handshake = self.handshakes.clone().try_acquire_owned().ok()?;
         let crowded = {
-            let mut per_ip = lock(&self.per_ip);
-            let count = per_ip.entry(ip).or_insert(0);
-            *count += 1;
-            self.max_per_ip > 0 && *count > self.max_per_ip
+            let mut addresses = lock(&self.addresses);
+            addresses.arrivals = addresses.arrivals.wrapping_add(1);
+            if addresses.arrivals % SWEEP_EVERY == 0 {
+                let now = Instant::now();
+                addresses.by_key.retain(|_, a| !a.forgettable(now));
+            }
+            let address = addresses.by_key.entry(address_key(ip)).or_default();
+            address.connections += 1;
+            self.max_per_ip > 0 && address.connections > self.max_per_ip
         };
         Some(Arriving {
             handshake: Some(handshake),
@@ -66,9 +143,17 @@ impl Admission {
         })
     }
 
-    /// Connections open from `ip` (for tests and diagnostics).
+    /// Connections open from `ip`'s address (for tests and diagnostics).
     pub fn from_address(&self, ip: IpAddr) -> usize {
-        lock(&self.per_ip).get(&ip).copied().unwrap_or(0)
+        lock(&self.addresses)
+            .by_key
+            .get(&address_key(ip))
+            .map_or(0, |a| a.connections)
+    }
+
+    /// Addresses remembered (for tests and diagnostics).
+    pub fn addresses(&self) -> usize {
+        lock(&self.addresses).by_key.len()
     }
 }
 
@@ -122,11 +207,12 @@ struct AddressCount {
 
 impl Drop for AddressCount {
     fn drop(&mut self) {
-        let mut per_ip = lock(&self.admission.per_ip);
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&self.ip);
+        let mut addresses = lock(&self.admission.addresses);
+        let key = address_key(self.ip);
+        if let Some(address) = addresses.by_key.get_mut(&key) {
+            address.connections -= 1;
+            if address.forgettable(Instant::now()) {
+                addresses.by_key.remove(&key);
             }
         }
     }
@@ -175,5 +261,47 @@ mod tests {
         assert_eq!(admission.from_address(HOME), 1);
         assert!(admission.arrive(HOME).expect("again").admit().is_ok());
         assert_eq!(admission.from_address(AWAY), 0);
+    }
+
+    #[test]
+    fn an_ipv6_address_is_counted_by_its_64() {
+        let admission = Arc::new(Admission::new(10, 10, 1));
+        let one: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        let _in = admission.arrive(one).expect("one").admit().expect("in");
+        assert_eq!(
+            admission.arrive(other).expect("other").admit().err(),
+            Some(Full::Address)
+        );
+        assert!(admission.arrive(elsewhere).expect("else").admit().is_ok());
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_outlives_the_connections() {
+        let admission = Arc::new(Admission::new(10, 10, 0).with_budget(20, 3));
+        let first = admission.arrive(HOME).expect("a").admit().expect("in");
+        let second = admission.arrive(HOME).expect("b").admit().expect("in");
+        assert!(admission.spend(HOME));
+        assert!(admission.spend(HOME));
+        assert!(admission.spend(HOME));
+        assert!(!admission.spend(HOME));
+        assert!(admission.spend(AWAY));
+        // Reconnecting starts with the budget where it was.
+        drop((first, second));
+        let _again = admission.arrive(HOME).expect("c").admit().expect("in");
+        assert!(!admission.spend(HOME));
+    }
+
+    #[test]
+    fn addresses_without_connections_are_forgotten_once_their_budget_is_whole() {
+        let admission = Arc::new(Admission::new(10, 10, 0).with_budget(20, 3));
+        drop(admission.arrive(AWAY).expect("away").admit().expect("in"));
+        assert_eq!(admission.addresses(), 0);
+        let home = admission.arrive(HOME).expect("home").admit().expect("in");
+        assert!(admission.spend(HOME));
+        drop(home);
+        // Its budget is not whole yet: it is remembered.
+        assert_eq!(admission.addresses(), 1);
     }
 }

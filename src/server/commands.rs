@@ -35,6 +35,9 @@ pub(super) type Storing = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Sen
 /// a time as the peer reads it.
 const PAGE: usize = 512;
 
+/// `rate_limited` refusals in a row after which a connection is closed.
+pub(super) const FLOODING_AFTER: u32 = 100;
+
 /// One connection's place in the chat: who it is, where it is, what it follows.
 pub(super) struct Conn {
     pub id: ConnId,
@@ -50,6 +53,8 @@ pub(super) struct Conn {
     pub replay: Option<u64>,
     /// Flood control (`None` with `--rate 0`).
     bucket: Option<TokenBucket>,
+    /// Requests refused by flood control since the last one let through.
+    refused_in_a_row: u32,
     /// Present while the connection is registered; dropping it leaves.
     seat: Option<Seat>,
 }
@@ -124,6 +129,7 @@ impl Conn {
             room,
             replay: None,
             bucket: TokenBucket::new(shared.config.rate, shared.config.rate_burst),
+            refused_in_a_row: 0,
             seat: Some(Seat {
                 id,
                 shared: shared.clone(),
@@ -288,18 +294,38 @@ impl Conn {
         if text.trim().is_empty() {
             return Err(Rejection::new(ErrorCode::Empty, "empty message"));
         }
-        if let Some(bucket) = &mut self.bucket {
-            if !bucket.try_take() {
-                return Err(Rejection::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "rate limited: at most {} messages per 10 s (bursts of {}); this one was not delivered",
-                        config.rate, config.rate_burst
-                    ),
-                ));
-            }
-        }
         Ok(())
+    }
+
+    /// Flood control: every request (message or command) takes a token
+    /// from this connection's bucket and from its address's budget.
+    ///
+    /// # Errors
+    /// `rate_limited` when either is spent; the request is then dropped.
+    pub fn spend(&mut self, shared: &Shared) -> Result<(), Rejection> {
+        let config = &shared.config;
+        let refused = if self.bucket.as_mut().is_some_and(|b| !b.try_take()) {
+            format!(
+                "rate limited: at most {} requests per 10 s (bursts of {}); this one was not carried out",
+                config.rate, config.rate_burst
+            )
+        } else if !shared.admission.spend(self.peer.ip()) {
+            format!(
+                "rate limited: your address may send at most {} requests per 10 s over all its connections; this one was not carried out",
+                config.budget_per_ip().0
+            )
+        } else {
+            self.refused_in_a_row = 0;
+            return Ok(());
+        };
+        self.refused_in_a_row += 1;
+        Err(Rejection::new(ErrorCode::RateLimited, refused))
+    }
+
+    /// Whether the peer kept sending through [`FLOODING_AFTER`] refusals
+    /// in a row: it is then closed (1008).
+    pub fn flooding(&self) -> bool {
+        self.refused_in_a_row >= FLOODING_AFTER
     }
 
     async fn rename(&mut self, nick: &str, shared: &Shared, out: &mut Replies) {

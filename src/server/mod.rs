@@ -94,16 +94,20 @@ impl Shared {
             ),
             None => Arc::new(MemoryHistory::new(config.history, fanout.clone())),
         };
+        let (rate_per_ip, burst_per_ip) = config.budget_per_ip();
         Ok(Self {
             fanout,
             history,
             presence: Arc::new(MemoryPresence::default()),
             policy: handshake::Policy::from_config(&config, local),
-            admission: Arc::new(Admission::new(
-                config.max_handshakes,
-                config.max_connections,
-                config.max_per_ip,
-            )),
+            admission: Arc::new(
+                Admission::new(
+                    config.max_handshakes,
+                    config.max_connections,
+                    config.max_per_ip,
+                )
+                .with_budget(rate_per_ip, burst_per_ip),
+            ),
             refusals: handshake::RefusalLog::default(),
             node: fastrand::u64(..),
             next_seq: AtomicU64::new(1),

@@ -27,7 +27,7 @@ use tracing::info;
 
 use super::Shared;
 use super::admission::Arriving;
-use super::commands::{Conn, Replies, Storing};
+use super::commands::{Conn, FLOODING_AFTER, Replies, Storing};
 use super::fanout::{Delivery, FeedError};
 use super::frames::{FrameReader, Incoming, Violation};
 use super::handshake;
@@ -49,6 +49,7 @@ const READ_CHUNK: usize = 8192;
 const MAX_STORING: usize = 32;
 /// Close codes the server sends.
 const GOING_AWAY: u16 = 1001;
+const POLICY_VIOLATION: u16 = 1008;
 const TRY_AGAIN_LATER: u16 = 1013;
 
 /// Serves one accepted connection from handshake to close.
@@ -264,6 +265,12 @@ impl<S: Transport> Session<S> {
                     if let Err(lag) = handled.and_then(|()| self.drain_room()) {
                         return self.too_slow(lag, shutdown).await;
                     }
+                    if self.conn.flooding() {
+                        self.close(POLICY_VIOLATION, "flooding").await;
+                        return Ended::Because(format!(
+                            "kept flooding through {FLOODING_AFTER} rate_limited errors"
+                        ));
+                    }
                 }
                 Wake::Socket(SocketEvent::Eof) => return Ended::Clean,
                 Wake::Socket(SocketEvent::Violation(violation)) => {
@@ -441,6 +448,15 @@ impl<S: Transport> Session<S> {
                     Mode::Plain => parse_plain(&text),
                     Mode::Json => parse_json(&text),
                 };
+                if let Err(rejection) = self.conn.spend(&self.shared) {
+                    let cid = match parsed {
+                        Ok(Request::Say { cid, .. } | Request::Private { cid, .. }) => cid,
+                        _ => None,
+                    };
+                    self.replies.push(ServerFrame::error(rejection, cid));
+                    self.send_replies();
+                    return Ok(());
+                }
                 match parsed {
                     Ok(Request::Say { text, cid }) => {
                         let storing = self.conn.say(text, cid, &self.shared, &mut self.replies);
@@ -455,10 +471,12 @@ impl<S: Transport> Session<S> {
                 self.send_replies();
             }
             Incoming::Binary => {
-                let rejection = Rejection::new(
-                    ErrorCode::BinaryUnsupported,
-                    "binary frames are not supported: send text",
-                );
+                let rejection = self.conn.spend(&self.shared).err().unwrap_or_else(|| {
+                    Rejection::new(
+                        ErrorCode::BinaryUnsupported,
+                        "binary frames are not supported: send text",
+                    )
+                });
                 self.replies.push(ServerFrame::error(rejection, None));
                 self.send_replies();
             }
