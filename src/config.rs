@@ -22,6 +22,8 @@ pub mod defaults {
     pub const MAX_FRAME_BYTES: usize = 64 * 1024;
     /// `--max-lag`
     pub const MAX_LAG: usize = 1024;
+    /// `--max-lag-bytes`
+    pub const MAX_LAG_BYTES: usize = 4 * 1024 * 1024;
     /// `--max-connections`
     pub const MAX_CONNECTIONS: usize = 10_000;
     /// `--max-handshakes`
@@ -89,6 +91,10 @@ pub struct ServerArgs {
     /// Messages that may wait for one slow connection before it is closed with 1013.
     #[arg(long, default_value_t = defaults::MAX_LAG)]
     pub max_lag: usize,
+
+    /// Bytes that may wait for one slow connection before it is closed with 1013.
+    #[arg(long, default_value_t = defaults::MAX_LAG_BYTES)]
+    pub max_lag_bytes: usize,
 
     /// Concurrent connections; further handshakes get HTTP 503.
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
@@ -248,6 +254,7 @@ impl ServerArgs {
             max_message_bytes: self.max_message_bytes,
             max_frame_bytes: self.max_frame_bytes,
             max_lag: self.max_lag,
+            max_lag_bytes: self.max_lag_bytes,
             max_connections: self.max_connections,
             max_handshakes: self.max_handshakes,
             max_per_ip: self.max_per_ip,
@@ -284,6 +291,8 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     /// Messages that may wait for one slow connection.
     pub max_lag: usize,
+    /// Bytes that may wait for one slow connection.
+    pub max_lag_bytes: usize,
     /// Concurrent connections.
     pub max_connections: usize,
     /// Handshakes in progress at once.
@@ -331,6 +340,7 @@ impl Default for ServerConfig {
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             max_frame_bytes: defaults::MAX_FRAME_BYTES,
             max_lag: defaults::MAX_LAG,
+            max_lag_bytes: defaults::MAX_LAG_BYTES,
             max_connections: defaults::MAX_CONNECTIONS,
             max_handshakes: defaults::MAX_HANDSHAKES,
             max_per_ip: defaults::MAX_PER_IP,

@@ -254,9 +254,20 @@ pub enum ServerFrame {
         first: Option<u64>,
     },
     /// Reply to `who`.
-    Members { room: String, nicks: Vec<String> },
+    Members {
+        room: String,
+        nicks: Vec<String>,
+        /// Members left out of a long list (see [`LIST_CAP`]).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        more: usize,
+    },
     /// Reply to `rooms`.
-    Rooms { rooms: Vec<RoomInfo> },
+    Rooms {
+        rooms: Vec<RoomInfo>,
+        /// Rooms left out of a long list (see [`LIST_CAP`]).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        more: usize,
+    },
     /// A plain informational line (used for `/help` and the like).
     Notice { text: String },
     /// A refused request; `cid` names it when the request had one.
@@ -323,15 +334,18 @@ impl ServerFrame {
             ServerFrame::Left { room, nick } => format!("* {nick} left {room}"),
             ServerFrame::Renamed { old, new } => format!("* {old} is now known as {new}"),
             ServerFrame::Gap { .. } => format!("! {}", self.gap_text().unwrap_or_default()),
-            ServerFrame::Members { room, nicks } => {
-                format!("* {} in {room}: {}", nicks.len(), nicks.join(", "))
-            }
-            ServerFrame::Rooms { rooms } => {
+            ServerFrame::Members { room, nicks, more } => format!(
+                "* {} in {room}: {}{}",
+                nicks.len() + more,
+                nicks.join(", "),
+                and_more(*more)
+            ),
+            ServerFrame::Rooms { rooms, more } => {
                 let list: Vec<String> = rooms
                     .iter()
                     .map(|r| format!("{} ({})", r.name, r.members))
                     .collect();
-                format!("* rooms: {}", list.join(", "))
+                format!("* rooms: {}{}", list.join(", "), and_more(*more))
             }
             ServerFrame::Notice { text } => format!("* {text}"),
             ServerFrame::Error { text, .. } => format!("! {text}"),
@@ -511,6 +525,30 @@ pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// The most names a `members` or `rooms` answer lists; the rest are counted
+/// in its `more`.
+pub const LIST_CAP: usize = 500;
+
+/// Keeps the first [`LIST_CAP`] of `list`; returns how many it dropped.
+pub fn cap_list<T>(list: &mut Vec<T>) -> usize {
+    let more = list.len().saturating_sub(LIST_CAP);
+    list.truncate(LIST_CAP);
+    more
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The tail of a capped list in plain text: ` and N more`, or nothing.
+fn and_more(more: usize) -> String {
+    if more == 0 {
+        String::new()
+    } else {
+        format!(" and {more} more")
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -220,11 +220,12 @@ async fn who_rooms_and_help() {
                     name: "rust".into(),
                     members: 1
                 },
-            ]
+            ],
+            more: 0,
         }
     );
     j.send(r#"{"type":"who"}"#).await;
-    let ServerFrame::Members { room, nicks } = j.frame().await else {
+    let ServerFrame::Members { room, nicks, .. } = j.frame().await else {
         panic!("expected members");
     };
     assert_eq!(room, "lobby");

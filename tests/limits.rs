@@ -491,3 +491,105 @@ async fn garbage_on_the_port_gets_http_errors_and_the_server_keeps_going() {
     ok.expect(&format!("* 1 in lobby: {}", ok.name())).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_outbound_queue_is_bounded_in_bytes_too() {
+    // Frames alone would allow far more than this test sends.
+    let server = TestServer::with(|c| {
+        c.rate = 0;
+        c.max_lag = 1_000_000;
+        c.max_lag_bytes = 64 * 1024;
+    })
+    .await;
+    let url = server.url();
+    let [mut sender, mut stalled] = plain_peers(&url).await;
+    // More than loopback's socket buffers hold, so it has to queue.
+    let text = "x".repeat(4000);
+    for _ in 0..4000 {
+        sender.send(&text).await;
+    }
+    let code = within("the stalled reader to be closed", async {
+        loop {
+            let message = stalled.next_any().await;
+            if let Some((code, reason)) = message.as_close() {
+                break (u16::from(code), reason.to_owned());
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, (1013, "too slow".to_owned()));
+    sender
+        .expect(&format!("* {} left lobby", stalled.addr))
+        .await;
+    sender.send("/who").await;
+    sender
+        .expect(&format!("* 1 in lobby: {}", sender.name()))
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_replay_is_paced_to_the_reader_not_refused() {
+    let server = TestServer::with(|c| {
+        c.rate = 0;
+        c.max_lag_bytes = 256 * 1024;
+    })
+    .await;
+    let url = server.url();
+    let mut sender = Peer::plain(&url).await;
+    let text = "y".repeat(4000);
+    for n in 0..300 {
+        sender.send(&format!("{n} {text}")).await;
+    }
+    sender.send("/who").await;
+    sender
+        .expect(&format!("* 1 in lobby: {}", sender.name()))
+        .await;
+    // 1.2 MB of history, five times --max-lag-bytes: it arrives whole, in order.
+    let (mut reader, _) = Peer::json_joined(&url).await;
+    reader
+        .send(r#"{"type":"join","room":"lobby","after":0}"#)
+        .await;
+    let mut next = 0;
+    while next < 300 {
+        match reader.frame().await {
+            wschat::protocol::ServerFrame::Message { text: got, .. } => {
+                assert_eq!(got, format!("{next} {text}"));
+                next += 1;
+            }
+            other => assert!(
+                !matches!(other, wschat::protocol::ServerFrame::Error { .. }),
+                "{other:?}"
+            ),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn member_and_room_lists_are_capped() {
+    let server = TestServer::with(|c| c.rate = 0).await;
+    let url = server.url();
+    let mut crowd = Vec::new();
+    for _ in 0..505 {
+        let (status, peer) = RawPeer::upgrade(server.addr, "/", &[]).await;
+        assert_eq!(status, 101);
+        crowd.push(peer);
+    }
+    let mut asker = Peer::plain_raw(&url).await;
+    asker.send("/who").await;
+    let line = loop {
+        let line = asker.text().await;
+        if line.contains(" in lobby: ") {
+            break line;
+        }
+    };
+    let (head, names) = line.split_once(": ").expect("a list");
+    assert_eq!(head, "* 506 in lobby");
+    let names = names
+        .strip_suffix(" and 6 more")
+        .unwrap_or_else(|| panic!("no tail in {line:?}"));
+    assert_eq!(names.split(", ").count(), 500);
+    drop(crowd);
+    server.stop().await;
+}

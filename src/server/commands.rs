@@ -21,7 +21,7 @@ use super::presence::{Mailbox, Member, PrivateMessage};
 use super::{ConnId, Shared};
 use crate::limit::TokenBucket;
 use crate::protocol::{
-    DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, clean_text,
+    DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, cap_list, clean_text,
     normalize_room, now_ms, validate_nick,
 };
 
@@ -37,6 +37,10 @@ const PAGE: usize = 512;
 
 /// `rate_limited` refusals in a row after which a connection is closed.
 pub(super) const FLOODING_AFTER: u32 = 100;
+
+/// What a replayed message's frame adds to its text and sender, at most
+/// (JSON field names, id, room, timestamp), for a replay's byte budget.
+const REPLAY_FRAME_OVERHEAD: usize = 128;
 
 /// One connection's place in the chat: who it is, where it is, what it follows.
 pub(super) struct Conn {
@@ -155,7 +159,7 @@ impl Conn {
             }),
         });
         match page {
-            Ok(page) => conn.replay_page(page, None, out),
+            Ok(page) => conn.replay_page(page, None, shared, out),
             Err(rejection) => out.push(ServerFrame::error(rejection, None)),
         }
         conn.announce(shared, joined(&conn), out);
@@ -177,18 +181,35 @@ impl Conn {
     }
 
     /// Queues a page of stored messages as history replay. When the page
-    /// is full, more may follow: the session asks for them once this page
-    /// has been written.
-    fn replay_page(&mut self, page: Page, full_at: Option<usize>, out: &mut Replies) {
-        let last = page.messages.last().map(|m| m.id);
+    /// is full, or more than a quarter of `--max-lag-bytes` of it has been
+    /// queued, more may follow: the session asks for it once this much has
+    /// been written, so a replay never waits whole in memory.
+    fn replay_page(
+        &mut self,
+        page: Page,
+        full_at: Option<usize>,
+        shared: &Shared,
+        out: &mut Replies,
+    ) {
+        let budget = shared.config.max_lag_bytes / 4;
+        let mut bytes = 0;
+        let mut last = None;
+        let mut cut = false;
+        for message in &page.messages {
+            if bytes >= budget && last.is_some() {
+                cut = true;
+                break;
+            }
+            bytes += message.text.len() + message.from.len() + REPLAY_FRAME_OVERHEAD;
+            let own = message.from.eq_ignore_ascii_case(&self.nick);
+            out.push(message.frame(&self.room, own));
+            last = Some(message.id);
+        }
         self.replay = match (full_at, last) {
+            (_, Some(last)) if cut => Some(last),
             (Some(limit), Some(last)) if page.messages.len() >= limit => Some(last),
             _ => None,
         };
-        for message in &page.messages {
-            let own = message.from.eq_ignore_ascii_case(&self.nick);
-            out.push(message.frame(&self.room, own));
-        }
         if let Some(last) = last {
             self.feed.seen_through(last);
         }
@@ -198,7 +219,7 @@ impl Conn {
     pub async fn continue_replay(&mut self, shared: &Shared, out: &mut Replies) {
         let Some(after) = self.replay else { return };
         match read(shared, &self.room, Since::After(after), PAGE).await {
-            Ok(page) => self.replay_page(page, Some(PAGE), out),
+            Ok(page) => self.replay_page(page, Some(PAGE), shared, out),
             Err(rejection) => {
                 self.replay = None;
                 out.push(ServerFrame::error(rejection, None));
@@ -220,14 +241,18 @@ impl Conn {
             }
             Request::Private { to, text, cid } => self.private(&to, text, cid, shared, out).await,
             Request::Who => match shared.presence.who(&self.room).await {
-                Ok(nicks) => out.push(ServerFrame::Members {
+                Ok(mut nicks) => out.push(ServerFrame::Members {
                     room: self.room.to_string(),
+                    more: cap_list(&mut nicks),
                     nicks,
                 }),
                 Err(rejection) => out.push(ServerFrame::error(rejection, None)),
             },
             Request::Rooms => match shared.presence.rooms().await {
-                Ok(rooms) => out.push(ServerFrame::Rooms { rooms }),
+                Ok(mut rooms) => out.push(ServerFrame::Rooms {
+                    more: cap_list(&mut rooms),
+                    rooms,
+                }),
                 Err(rejection) => out.push(ServerFrame::error(rejection, None)),
             },
             Request::Help => out.extend(HELP.iter().map(|line| ServerFrame::Notice {
@@ -415,7 +440,7 @@ impl Conn {
             self.room = name;
         }
         out.extend(gap);
-        self.replay_page(page, full_at, out);
+        self.replay_page(page, full_at, shared, out);
         if !same {
             self.announce(shared, joined(self), out);
         }

@@ -310,13 +310,20 @@ impl<S: Transport> Session<S> {
                     self.wire.push_ping();
                 }
             }
-            if self.wire.queued() > self.shared.config.max_lag {
+            if self.behind() {
                 return self.too_slow(FeedError::Lagged(0), shutdown).await;
             }
             if let Err(err) = self.try_flush().await {
                 return Ended::Because(err.to_string());
             }
         }
+    }
+
+    /// Whether more waits for the peer than `--max-lag` frames or
+    /// `--max-lag-bytes` bytes.
+    fn behind(&self) -> bool {
+        let config = &self.shared.config;
+        self.wire.queued() > config.max_lag || self.wire.queued_bytes() > config.max_lag_bytes
     }
 
     /// Writes now what is queued, if the socket takes it; what it does not

@@ -75,6 +75,8 @@ pub struct Wire<S> {
     tail: BytesMut,
     /// Frames queued since the queue was last written out completely.
     queued: usize,
+    /// Bytes waiting to be written (exact: written bytes are taken off).
+    queued_bytes: usize,
 }
 
 impl<S> Wire<S> {
@@ -86,6 +88,7 @@ impl<S> Wire<S> {
             sent: 0,
             tail: BytesMut::new(),
             queued: 0,
+            queued_bytes: 0,
         }
     }
 
@@ -94,6 +97,7 @@ impl<S> Wire<S> {
         self.reserve(frame.len());
         self.tail.extend_from_slice(frame);
         self.queued += 1;
+        self.queued_bytes += frame.len();
     }
 
     /// Queues a whole frame shared with other connections.
@@ -104,14 +108,17 @@ impl<S> Wire<S> {
         self.seal();
         self.chunks.push_back(frame.clone());
         self.queued += 1;
+        self.queued_bytes += frame.len();
     }
 
     /// Queues a text frame carrying `text`.
     pub fn push_text(&mut self, text: &[u8]) {
         self.reserve(text.len() + MAX_HEADER);
+        let before = self.tail.len();
         put_header(&mut self.tail, TEXT, text.len());
         self.tail.extend_from_slice(text);
         self.queued += 1;
+        self.queued_bytes += self.tail.len() - before;
     }
 
     /// Queues an empty ping frame.
@@ -142,9 +149,11 @@ impl<S> Wire<S> {
 
     fn push_control(&mut self, opcode: u8, payload: &[u8]) {
         self.reserve(payload.len() + 2);
+        let before = self.tail.len();
         put_header(&mut self.tail, opcode, payload.len());
         self.tail.extend_from_slice(payload);
         self.queued += 1;
+        self.queued_bytes += self.tail.len() - before;
     }
 
     /// Whether anything waits to be written.
@@ -156,6 +165,12 @@ impl<S> Wire<S> {
     /// far behind the peer is, for `--max-lag`.
     pub fn queued(&self) -> usize {
         self.queued
+    }
+
+    /// Bytes waiting to be written (shared frames in full), for
+    /// `--max-lag-bytes`.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     fn reserve(&mut self, more: usize) {
@@ -224,6 +239,7 @@ impl<S: Transport> Wire<S> {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.queued_bytes = self.queued_bytes.saturating_sub(n);
             while n > 0 {
                 let Some(front) = self.chunks.front() else {
                     break;
@@ -241,6 +257,7 @@ impl<S: Transport> Wire<S> {
         self.tail = BytesMut::new();
         self.chunks = VecDeque::new();
         self.queued = 0;
+        self.queued_bytes = 0;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
@@ -270,6 +287,16 @@ mod tests {
             std::str::from_utf8(&bytes[18..]),
             Ok("é".repeat(61).as_str())
         );
+    }
+
+    #[test]
+    fn queued_bytes_count_whole_frames() {
+        let mut wire = Wire::new(());
+        wire.push_text(b"hello");
+        wire.push_ping();
+        wire.push_shared(&text_frame(&[b'a'; 1000]));
+        assert_eq!(wire.queued(), 3);
+        assert_eq!(wire.queued_bytes(), 7 + 2 + 1004);
     }
 
     #[test]
