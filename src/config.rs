@@ -42,6 +42,10 @@ pub mod defaults {
     pub const RATE: u32 = 20;
     /// `--rate-burst`
     pub const RATE_BURST: u32 = 10;
+    /// `--max-rooms`
+    pub const MAX_ROOMS: usize = 10_000;
+    /// `--room-ttl`, in seconds
+    pub const ROOM_TTL: u64 = 24 * 60 * 60;
     /// `--retain`
     pub const RETAIN: u64 = 100_000;
 }
@@ -99,6 +103,15 @@ pub struct ServerArgs {
     /// Concurrent connections; further handshakes get HTTP 503.
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
+
+    /// Rooms with members at once; joining a new room beyond gets `too_many_rooms`.
+    #[arg(long, default_value_t = defaults::MAX_ROOMS)]
+    pub max_rooms: usize,
+
+    /// Seconds an empty room's history is kept in memory after its last
+    /// message (without --db).
+    #[arg(long, default_value_t = defaults::ROOM_TTL, value_name = "SECONDS")]
+    pub room_ttl: u64,
 
     /// Handshakes in progress at once; connections beyond are closed at once.
     #[arg(long, default_value_t = defaults::MAX_HANDSHAKES)]
@@ -257,6 +270,8 @@ impl ServerArgs {
             max_lag_bytes: self.max_lag_bytes,
             max_connections: self.max_connections,
             max_handshakes: self.max_handshakes,
+            max_rooms: self.max_rooms,
+            room_ttl: self.room_ttl,
             max_per_ip: self.max_per_ip,
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
@@ -297,6 +312,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Handshakes in progress at once.
     pub max_handshakes: usize,
+    /// Rooms with members at once.
+    pub max_rooms: usize,
+    /// Seconds an empty room's history is kept in memory after its last message.
+    pub room_ttl: u64,
     /// Connections from one client address (0: no cap).
     pub max_per_ip: usize,
     /// Seconds between pings.
@@ -343,6 +362,8 @@ impl Default for ServerConfig {
             max_lag_bytes: defaults::MAX_LAG_BYTES,
             max_connections: defaults::MAX_CONNECTIONS,
             max_handshakes: defaults::MAX_HANDSHAKES,
+            max_rooms: defaults::MAX_ROOMS,
+            room_ttl: defaults::ROOM_TTL,
             max_per_ip: defaults::MAX_PER_IP,
             ping_interval: defaults::PING_INTERVAL,
             idle_timeout: defaults::IDLE_TIMEOUT,

@@ -57,6 +57,8 @@ pub enum ErrorCode {
     BadNick,
     /// The room name is not 1-32 of `a-z 0-9 _ -`.
     BadRoom,
+    /// Opening one more room would pass the server's `--max-rooms`.
+    TooManyRooms,
     /// No connection holds that nick.
     NoSuchUser,
     /// Binary frames carry nothing in this protocol.

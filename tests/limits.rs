@@ -593,3 +593,74 @@ async fn member_and_room_lists_are_capped() {
     drop(crowd);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn rooms_in_use_are_capped_and_freed_when_empty() {
+    let server = TestServer::with(|c| c.max_rooms = 2).await;
+    let url = server.url();
+    let [_a, mut b, mut c] = plain_peers(&url).await;
+    let (b_name, c_name) = (b.name(), c.name());
+    b.send("/join two").await;
+    until(&mut b, &format!("* {b_name} joined two")).await;
+    c.send("/join three").await;
+    until(
+        &mut c,
+        "! cannot open room three: the server has its limit of 2 rooms in use",
+    )
+    .await;
+    // Rooms that exist can still be joined.
+    c.send("/join two").await;
+    until(&mut c, &format!("* {c_name} joined two")).await;
+    b.send("/join lobby").await;
+    until(&mut b, &format!("* {b_name} joined lobby")).await;
+    c.send("/join lobby").await;
+    until(&mut c, &format!("* {c_name} joined lobby")).await;
+    // "two" is empty now, so it no longer counts.
+    c.send("/join three").await;
+    until(&mut c, &format!("* {c_name} joined three")).await;
+    server.stop().await;
+}
+
+/// Reads `peer`'s lines up to `line`, passing over notices about others;
+/// any other line first is a failure.
+async fn until(peer: &mut Peer, line: &str) {
+    loop {
+        let got = peer.text().await;
+        if got == line {
+            return;
+        }
+        assert!(got.starts_with("* "), "expected {line:?}, got {got:?}");
+    }
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn wandering_through_many_rooms_costs_no_memory() {
+    let (server, url) = common::spawn_server(&["--rate", "0"]).await;
+    let pid = server.child.id().expect("running");
+    let mut peer = Peer::plain(&url).await;
+    // Warm up: the first rooms set up what any room needs.
+    for n in 0..200 {
+        peer.send(&format!("/join warm{n}")).await;
+        peer.expect(&format!("* {} joined warm{n}", peer.name()))
+            .await;
+    }
+    let before = rss_kib(pid);
+    // Each room once had a broadcast buffer of --max-lag slots, never
+    // freed: 20,000 rooms took over 600 MB.
+    for n in 0..20_000 {
+        peer.send(&format!("/join r{n}")).await;
+        peer.expect(&format!("* {} joined r{n}", peer.name())).await;
+    }
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 32 * 1024, "20,000 rooms cost {grown} KiB");
+}

@@ -391,6 +391,19 @@ impl Conn {
             Err(rejection) => return out.push(ServerFrame::error(rejection, None)),
         };
         let same = self.room == name;
+        let max_rooms = shared.config.max_rooms;
+        if !same
+            && shared.presence.room_size(&name) == 0
+            && shared.presence.room_count() >= max_rooms
+        {
+            let rejection = Rejection::new(
+                ErrorCode::TooManyRooms,
+                format!(
+                    "cannot open room {name}: the server has its limit of {max_rooms} rooms in use"
+                ),
+            );
+            return out.push(ServerFrame::error(rejection, None));
+        }
         let feed = shared.fanout.subscribe(&name);
         let recent = Since::Recent;
         let on_join = shared.config.history_on_join;

@@ -184,6 +184,7 @@ pub async fn run(
     let shared = Arc::new(Shared::open(config, local)?);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    tokio::spawn(forget_idle_rooms(shared.clone(), token.clone()));
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!("listening on {scheme}://{local}");
 
@@ -241,6 +242,25 @@ pub async fn run(
         warn!("{} connection(s) did not close in time", tracker.len());
     }
     Ok(())
+}
+
+/// Lets the history forget rooms that have been empty and silent for
+/// `--room-ttl`, checking every minute (or every TTL, if shorter), until
+/// `shutdown`.
+async fn forget_idle_rooms(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let ttl = Duration::from_secs(shared.config.room_ttl);
+    let every = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let presence = shared.presence.clone();
+        shared
+            .history
+            .forget_idle(ttl, &|room| presence.room_size(room) > 0);
+    }
 }
 
 /// A future that completes on Ctrl+C (SIGINT) or SIGTERM.

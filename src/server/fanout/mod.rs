@@ -103,14 +103,20 @@ pub enum FeedError {
 #[derive(Debug)]
 pub struct RoomFeed {
     rx: broadcast::Receiver<Arc<Delivery>>,
+    /// Keeps the room's channel open while this feed follows it.
+    _channel: Arc<memory::Channel>,
     /// Messages with ids up to this one were already shown from history.
     seen_through: u64,
 }
 
 impl RoomFeed {
-    pub(crate) fn new(rx: broadcast::Receiver<Arc<Delivery>>) -> Self {
+    pub(crate) fn new(
+        rx: broadcast::Receiver<Arc<Delivery>>,
+        channel: Arc<memory::Channel>,
+    ) -> Self {
         Self {
             rx,
+            _channel: channel,
             seen_through: 0,
         }
     }

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{BoxFuture, History, HistoryError, NewMessage, Page, Since, Stamp, Stored};
 use crate::protocol::now_ms;
@@ -20,10 +21,23 @@ pub struct MemoryHistory {
     fanout: Arc<dyn Fanout>,
 }
 
-#[derive(Debug, Default)]
+/// One room's messages. Once forgotten (idle and empty) only `last_id`
+/// remains, so ids never start again within the epoch.
+#[derive(Debug)]
 struct Log {
     kept: VecDeque<Arc<Delivery>>,
     last_id: u64,
+    last_append: Instant,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            kept: VecDeque::new(),
+            last_id: 0,
+            last_append: Instant::now(),
+        }
+    }
 }
 
 impl MemoryHistory {
@@ -58,6 +72,7 @@ impl History for MemoryHistory {
         let mut rooms = lock(&self.rooms);
         let log = rooms.entry(message.room.clone()).or_default();
         log.last_id += 1;
+        log.last_append = Instant::now();
         let stamp = Stamp {
             id: log.last_id,
             ts: now_ms(),
@@ -105,5 +120,69 @@ impl History for MemoryHistory {
 
     fn trouble(&self) -> Option<String> {
         None
+    }
+
+    fn forget_idle(&self, idle: Duration, occupied: &dyn Fn(&str) -> bool) {
+        // Presence is asked without this lock held: appends wait for neither.
+        let idle_rooms: Vec<Arc<str>> = lock(&self.rooms)
+            .iter()
+            .filter(|(_, log)| !log.kept.is_empty() && log.last_append.elapsed() >= idle)
+            .map(|(room, _)| room.clone())
+            .collect();
+        let empty: Vec<Arc<str>> = idle_rooms.into_iter().filter(|r| !occupied(r)).collect();
+        let mut rooms = lock(&self.rooms);
+        for room in empty {
+            if let Some(log) = rooms.get_mut(&room) {
+                if log.last_append.elapsed() >= idle {
+                    log.kept = VecDeque::new();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::ConnId;
+    use crate::server::fanout::MemoryFanout;
+    use crate::server::history::NewMessage;
+
+    fn message(room: &str, text: &str) -> NewMessage {
+        NewMessage {
+            origin: ConnId { node: 1, seq: 1 },
+            room: room.into(),
+            from: "ann".into(),
+            text: text.into(),
+            cid: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_empty_rooms_are_forgotten_but_their_ids_go_on() {
+        let history = MemoryHistory::new(10, Arc::new(MemoryFanout::new(16)));
+        for room in ["quiet", "busy"] {
+            history.append(message(room, "one")).await.expect("stored");
+        }
+        history.forget_idle(Duration::ZERO, &|room| room == "busy");
+        let quiet = history
+            .read("quiet", Since::Recent, 10)
+            .await
+            .expect("read");
+        assert!(quiet.messages.is_empty());
+        let busy = history.read("busy", Since::Recent, 10).await.expect("read");
+        assert_eq!(busy.messages.len(), 1);
+        let stamp = history
+            .append(message("quiet", "two"))
+            .await
+            .expect("stored");
+        assert_eq!(stamp.id, 2);
+        // Not idle long enough: kept.
+        history.forget_idle(Duration::from_secs(3600), &|_| false);
+        let quiet = history
+            .read("quiet", Since::Recent, 10)
+            .await
+            .expect("read");
+        assert_eq!(quiet.messages.len(), 1);
     }
 }

@@ -50,6 +50,13 @@ pub trait History: Send + Sync + fmt::Debug {
 
     /// `None` while the store works; otherwise why it does not.
     fn trouble(&self) -> Option<String>;
+
+    /// Lets go of the messages kept in memory for rooms that have had none
+    /// for `idle` and that `occupied` says have no members; their ids go on
+    /// where they were. Stores that keep nothing in memory do nothing.
+    fn forget_idle(&self, idle: std::time::Duration, occupied: &dyn Fn(&str) -> bool) {
+        let _ = (idle, occupied);
+    }
 }
 
 /// A chat message on its way into history.

@@ -147,6 +147,10 @@ impl Presence for MemoryPresence {
         self.lock().room_sizes.get(room).copied().unwrap_or(0)
     }
 
+    fn room_count(&self) -> usize {
+        self.lock().room_sizes.len()
+    }
+
     fn rename(&self, id: ConnId, new: &str) -> BoxFuture<'_, Result<Arc<str>, Rejection>> {
         Box::pin(std::future::ready(self.rename_now(id, new)))
     }

@@ -36,6 +36,9 @@ pub trait Presence: Send + Sync + fmt::Debug {
     /// How many connections are in `room`, as far as this node knows.
     fn room_size(&self, room: &str) -> usize;
 
+    /// How many rooms have members, as far as this node knows.
+    fn room_count(&self) -> usize;
+
     /// Gives connection `id` the nick `new` (already validated); returns the old one.
     ///
     /// # Errors
