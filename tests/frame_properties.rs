@@ -37,12 +37,12 @@ fn read_all(bytes: &[u8], cuts: &[usize]) -> (Vec<Incoming>, Option<Violation>) 
     ends.push(bytes.len());
     ends.sort_unstable();
     for end in ends {
-        let result = reader.feed(&bytes[at..end.max(at)]);
+        reader.feed(&bytes[at..end.max(at)]);
         while let Some(item) = reader.take() {
-            items.push(item);
-        }
-        if let Err(violation) = result {
-            return (items, Some(violation));
+            match item {
+                Ok(item) => items.push(item),
+                Err(violation) => return (items, Some(violation)),
+            }
         }
         at = end.max(at);
     }
@@ -166,5 +166,37 @@ fn broken_frames_get_the_right_close_code() {
     let mut reader = FrameReader::new(LIMIT);
     let mut head = vec![0x81, 0x80 | 127];
     head.extend_from_slice(&(u64::MAX / 2).to_be_bytes());
-    assert!(matches!(reader.feed(&head), Err(Violation::TooBig(_))));
+    reader.feed(&head);
+    assert!(matches!(reader.take(), Some(Err(Violation::TooBig(_)))));
+}
+
+#[test]
+fn messages_complete_before_a_bad_frame_are_still_delivered() {
+    let mask = [9, 8, 7, 6];
+    // One read: two whole messages, a ping, then a frame with reserved bits.
+    let bytes = [
+        frame(true, 1, b"first", mask),
+        frame(false, 1, b"sec", mask),
+        frame(true, 0, b"ond", mask),
+        frame(true, 9, b"p", mask),
+        vec![0xf1, 0x80, 0, 0, 0, 0],
+        frame(true, 1, b"never", mask),
+    ]
+    .concat();
+    let (items, violation) = read_all(&bytes, &[]);
+    assert_eq!(
+        items,
+        [
+            Incoming::Text("first".into()),
+            Incoming::Text("second".into()),
+            Incoming::Ping(b"p".to_vec()),
+        ]
+    );
+    assert_eq!(violation.map(|v| v.close_code()), Some(1002));
+    // Nothing is read after the violation.
+    let mut reader = FrameReader::new(LIMIT);
+    reader.feed(&[0xf1, 0x80, 0, 0, 0, 0]);
+    assert!(matches!(reader.take(), Some(Err(_))));
+    reader.feed(&frame(true, 1, b"late", mask));
+    assert_eq!(reader.take(), None);
 }

@@ -58,6 +58,10 @@ pub mod opcode {
 use opcode::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
 
 /// Parses the frames of one connection as its bytes arrive.
+///
+/// A violation does not take back what came before it: messages completed
+/// earlier in the same read are handed out first, then the violation (RFC
+/// 6455 7.1.7: failing the connection stops processing what follows).
 #[derive(Debug)]
 pub struct FrameReader {
     /// Largest frame payload, and largest message, accepted.
@@ -68,6 +72,11 @@ pub struct FrameReader {
     message: Option<(bool, Vec<u8>)>,
     /// Parsed and not yet taken.
     ready: VecDeque<Incoming>,
+    /// Why the input cannot be read any further, once it cannot; handed
+    /// out after everything in `ready`.
+    broken: Option<Violation>,
+    /// Whether `broken` has been handed out (nothing more will be parsed).
+    ended: bool,
 }
 
 impl FrameReader {
@@ -77,34 +86,50 @@ impl FrameReader {
             partial: Vec::new(),
             message: None,
             ready: VecDeque::new(),
+            broken: None,
+            ended: false,
         }
     }
 
-    /// The next parsed item, if any.
-    pub fn take(&mut self) -> Option<Incoming> {
-        let item = self.ready.pop_front();
-        if self.ready.is_empty() && self.ready.capacity() > 0 {
-            // Nothing waits: give the memory back.
-            self.ready = VecDeque::new();
+    /// The next parsed item, if any: a message or control frame, or, after
+    /// all of those, the violation that ended the input.
+    pub fn take(&mut self) -> Option<Result<Incoming, Violation>> {
+        if let Some(item) = self.ready.pop_front() {
+            if self.ready.is_empty() && self.ready.capacity() > 0 {
+                // Nothing waits: give the memory back.
+                self.ready = VecDeque::new();
+            }
+            return Some(Ok(item));
         }
-        item
+        let violation = self.broken.take()?;
+        self.ended = true;
+        Some(Err(violation))
     }
 
     /// Takes bytes as they arrived and parses every whole frame in them.
-    pub fn feed(&mut self, data: &[u8]) -> Result<(), Violation> {
-        if self.partial.is_empty() {
-            let used = self.parse(data)?;
-            self.partial.extend_from_slice(&data[used..]);
+    /// After a violation, further bytes are ignored.
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.broken.is_some() || self.ended {
+            return;
+        }
+        let result = if self.partial.is_empty() {
+            self.parse(data)
+                .map(|used| self.partial.extend_from_slice(&data[used..]))
         } else {
             let mut joined = std::mem::take(&mut self.partial);
             joined.extend_from_slice(data);
-            let used = self.parse(&joined)?;
-            if used < joined.len() {
-                joined.drain(..used);
-                self.partial = joined;
-            }
+            self.parse(&joined).map(|used| {
+                if used < joined.len() {
+                    joined.drain(..used);
+                    self.partial = joined;
+                }
+            })
+        };
+        if let Err(violation) = result {
+            self.partial = Vec::new();
+            self.message = None;
+            self.broken = Some(violation);
         }
-        Ok(())
     }
 
     /// Parses whole frames off the front of `data`; returns the bytes used.

@@ -134,8 +134,10 @@ fn poll_socket<S: Transport>(
         return Poll::Pending;
     }
     loop {
-        if let Some(item) = reader.take() {
-            return Poll::Ready(SocketEvent::Incoming(item));
+        match reader.take() {
+            Some(Ok(item)) => return Poll::Ready(SocketEvent::Incoming(item)),
+            Some(Err(violation)) => return Poll::Ready(SocketEvent::Violation(violation)),
+            None => {}
         }
         // Uninitialised: this runs on every wake-up, and zeroing 8 KiB each
         // time would cost more than the read.
@@ -147,9 +149,7 @@ fn poll_socket<S: Transport>(
         if buf.filled().is_empty() {
             return Poll::Ready(SocketEvent::Eof);
         }
-        if let Err(violation) = reader.feed(buf.filled()) {
-            return Poll::Ready(SocketEvent::Violation(violation));
-        }
+        reader.feed(buf.filled());
     }
 }
 

@@ -454,6 +454,7 @@ pub struct RawPeer {
 pub enum RawFrame {
     Text(String),
     Ping,
+    Pong(Vec<u8>),
     Close(u16, String),
 }
 
@@ -497,6 +498,13 @@ impl RawPeer {
         within("raw write", self.stream.write_all(&frame))
             .await
             .expect("write frame");
+    }
+
+    /// Writes bytes as they are (any frames, well-formed or not).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        within("raw write", self.stream.write_all(bytes))
+            .await
+            .expect("write bytes");
     }
 
     /// Reads the next server frame; `None` at end of stream.
@@ -550,6 +558,7 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     let frame = match opcode {
         1 => RawFrame::Text(String::from_utf8_lossy(payload).into_owned()),
         9 => RawFrame::Ping,
+        10 => RawFrame::Pong(payload.to_vec()),
         8 => {
             let code = payload
                 .get(..2)
