@@ -412,9 +412,23 @@ impl ServerConfig {
 
 /// `client`: the wschat terminal client.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "client", version, about = "wschat terminal client")]
+#[command(
+    name = "client",
+    version,
+    about = "wschat terminal client",
+    after_help = "Chat commands (type them at the prompt):
+  /nick NAME        choose a nickname (1-24 of A-Z a-z 0-9 _ -)
+  /join ROOM        move to a room (1-32 of a-z 0-9 _ -)
+  /msg NICK TEXT    send a private message
+  /who              list the members of your room
+  /rooms            list the rooms and how many are in each
+  /help             list these commands
+  /quit             leave (Ctrl+D too)
+  //TEXT            send a message that starts with /"
+)]
 pub struct ClientConfig {
-    /// Server to connect to.
+    /// Server to connect to: ws://HOST:PORT or wss://HOST:PORT (a bare
+    /// HOST:PORT means ws://).
     #[arg(env = "WSCHAT_URL", default_value = "ws://127.0.0.1:2000")]
     pub url: String,
 

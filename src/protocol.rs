@@ -412,11 +412,12 @@ pub fn parse_plain(line: &str) -> Result<Request, Rejection> {
     };
     let usage = |text: &str| Err(Rejection::new(ErrorCode::UnknownCommand, text));
     match name {
-        "nick" if !args.is_empty() && !args.contains(char::is_whitespace) => Ok(Request::Nick {
+        // The whole rest is the name, so a bad one gets the reason it is bad.
+        "nick" if !args.is_empty() => Ok(Request::Nick {
             nick: args.to_owned(),
         }),
         "nick" => usage("usage: /nick NAME"),
-        "join" if !args.is_empty() && !args.contains(char::is_whitespace) => Ok(Request::Join {
+        "join" if !args.is_empty() => Ok(Request::Join {
             room: args.to_owned(),
             after: None,
             epoch: None,

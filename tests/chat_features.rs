@@ -49,7 +49,11 @@ async fn nick_rename_is_announced_and_unique_case_insensitively() {
     b.send("/nick alice").await;
     b.expect("! nickname alice is already in use").await;
     b.send("/nick not valid!").await;
-    b.expect("! usage: /nick NAME").await;
+    b.expect(r#"! invalid nickname "not valid!": use 1-24 of A-Z a-z 0-9 _ -"#)
+        .await;
+    // Asking for the nick one has is answered too.
+    a.send("/nick Alice").await;
+    a.expect("* you are already Alice").await;
     server.stop().await;
 }
 
@@ -109,7 +113,8 @@ async fn rooms_are_isolated_and_join_leave_is_announced() {
     b.expect(&format!("{}: still rust", a.name())).await;
 
     c.send("/join bad room").await;
-    c.expect("! usage: /join ROOM").await;
+    c.expect(r#"! invalid room name "bad room": use 1-32 of a-z 0-9 _ -"#)
+        .await;
     c.send("/join bad.room").await;
     let line = c.text().await;
     assert!(line.starts_with("! invalid room name"), "{line}");

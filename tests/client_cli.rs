@@ -225,3 +225,96 @@ async fn piped_client_paces_itself_to_the_server_rate() {
     assert_eq!(client.exit_code().await, 0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn what_retrying_cannot_fix_is_said_once_with_exit_2() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    // Not a WebSocket URL.
+    let mut client = Proc::spawn(CLIENT, &[&format!("http://{addr}")], &[]);
+    assert_eq!(client.exit_code().await, 2);
+    assert_eq!(
+        client.err_rest().await,
+        [format!(
+            "error: http://{addr} is not a WebSocket URL (ws:// or wss://): use ws://{addr}"
+        )]
+    );
+    // A path the server does not serve: 404.
+    let mut client = Proc::spawn(CLIENT, &[&format!("ws://{addr}/nowhere")], &[]);
+    assert_eq!(client.exit_code().await, 2);
+    assert_eq!(
+        client.err_rest().await,
+        [format!(
+            "cannot connect to ws://{addr}/nowhere: the server refused the connection (HTTP 404)"
+        )]
+    );
+    // TLS to a plain server: told at once which scheme to use.
+    let mut client = Proc::spawn(CLIENT, &[&format!("wss://{addr}")], &[]);
+    assert_eq!(client.exit_code().await, 2);
+    assert_eq!(
+        client.err_rest().await,
+        [format!(
+            "cannot connect to wss://{addr}: the server does not speak TLS here (try ws:// instead of wss://)"
+        )]
+    );
+    // A nick that could never be taken, before connecting at all.
+    let mut client = Proc::spawn(CLIENT, &[&format!("ws://{addr}"), "--nick", "no way!"], &[]);
+    assert_eq!(client.exit_code().await, 2);
+    assert_eq!(
+        client.err_rest().await,
+        [r#"error: invalid nickname "no way!": use 1-24 of A-Z a-z 0-9 _ -"#]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bare_address_means_ws_and_the_client_says_who_and_where_you_are() {
+    let server = TestServer::start().await;
+    let mut client = Proc::spawn(
+        CLIENT,
+        &[&server.addr.to_string(), "--nick", "wren", "--room", "nest"],
+        &[],
+    );
+    client.err_until("* you are wren in nest").await;
+    // A note to oneself is shown once, and no-op commands are confirmed.
+    client.type_line("/msg wren remember the milk").await;
+    client.type_line("/join nest").await;
+    client.type_line("/nick wren").await;
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        let line = client.out_line().await.expect("transcript");
+        if line != WELCOME {
+            lines.push(line);
+        }
+    }
+    assert_eq!(
+        lines,
+        [
+            "[private] wren: remember the milk",
+            "* you are already in nest",
+            "* you are already wren",
+        ]
+    );
+    client.type_line("/quit").await;
+    assert_eq!(client.exit_code().await, 0);
+    server.stop().await;
+}
+
+#[test]
+fn help_lists_the_chat_commands() {
+    let output = std::process::Command::new(CLIENT)
+        .arg("--help")
+        .output()
+        .expect("run");
+    let help = String::from_utf8(output.stdout).expect("utf-8");
+    for command in [
+        "/nick NAME",
+        "/join ROOM",
+        "/msg NICK TEXT",
+        "/who",
+        "/rooms",
+        "/quit",
+    ] {
+        assert!(help.contains(command), "{command} missing from:\n{help}");
+    }
+}

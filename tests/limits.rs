@@ -351,12 +351,15 @@ async fn one_address_cannot_take_every_slot() {
 #[tokio::test]
 async fn what_cannot_be_a_handshake_is_answered_at_once() {
     let server = TestServer::with(|c| c.handshake_timeout = 60).await;
-    // A TLS ClientHello on the plain port: closed, nothing sent.
+    // A TLS ClientHello on the plain port: 400 in plain HTTP, which a TLS
+    // client reads as "not TLS".
     let mut tls = TcpStream::connect(server.addr).await.expect("connect");
     tls.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
         .await
         .expect("write");
-    assert_eq!(read_to_end(&mut tls).await, b"");
+    let answer = read_to_end(&mut tls).await;
+    assert!(answer.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
+    assert!(answer.ends_with(b"this is a plain ws:// port: TLS is not spoken here\n"));
     // Bytes HTTP does not allow, before any blank line: 400.
     let mut junk = TcpStream::connect(server.addr).await.expect("connect");
     junk.write_all(b"GET / HTTP/1.1\r\nNo colon here\r\n")

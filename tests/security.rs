@@ -47,14 +47,14 @@ async fn client_token_flag_and_environment() {
     let addr: std::net::SocketAddr = url.trim_start_matches("ws://").parse().expect("addr");
     assert_eq!(RawPeer::upgrade(addr, "/", &[]).await.0, 401);
 
-    // ...a client without it is told what is wrong...
-    let mut client = Proc::spawn(CLIENT, &[&url, "--no-reconnect"], &[]);
+    // ...a client without it is told what is wrong, once: no retrying...
+    let mut client = Proc::spawn(CLIENT, &[&url], &[]);
     let line = client.err_until("cannot connect").await;
     assert_eq!(
         line,
         format!("cannot connect to {url}: the server wants a token (HTTP 401): pass --token")
     );
-    assert_eq!(client.exit_code().await, 1);
+    assert_eq!(client.exit_code().await, 2);
 
     // ...and clients with it (flag or environment) chat.
     let mut observer = Proc::spawn(CLIENT, &[&url], &[("WSCHAT_TOKEN", "opensesame")]);
@@ -145,17 +145,26 @@ async fn tls_serves_wss_to_clients_that_trust_the_certificate() {
     }
     assert_eq!(sender.exit_code().await, 0);
 
-    // Without the CA the client refuses the server's certificate.
-    let mut doubter = Proc::spawn(CLIENT, &[&url, "--no-reconnect"], &[]);
+    // Without the CA the client refuses the server's certificate, and
+    // does not try again: that would not help.
+    let mut doubter = Proc::spawn(CLIENT, &[&url], &[]);
     let line = doubter.err_until("cannot connect").await;
-    assert!(line.contains("certificate"), "{line}");
-    assert_eq!(doubter.exit_code().await, 1);
+    assert!(
+        line.contains("certificate")
+            && line.ends_with("(for a self-signed server, pass --ca-cert)"),
+        "{line}"
+    );
+    assert_eq!(doubter.exit_code().await, 2);
 
-    // A plain ws:// client gets nowhere, and the server carries on.
+    // A plain ws:// client is told to try wss://, and the server carries on.
     let plain = url.replace("wss://", "ws://");
-    let mut confused = Proc::spawn(CLIENT, &[&plain, "--no-reconnect"], &[]);
-    confused.err_until("cannot connect").await;
-    assert_eq!(confused.exit_code().await, 1);
+    let mut confused = Proc::spawn(CLIENT, &[&plain], &[]);
+    let line = confused.err_until("cannot connect").await;
+    assert!(
+        line.ends_with("(if the server uses TLS, try wss://)"),
+        "{line}"
+    );
+    assert_eq!(confused.exit_code().await, 2);
     observer.close_stdin();
     assert_eq!(observer.exit_code().await, 0);
     server.signal("TERM");

@@ -15,13 +15,15 @@ use tokio_websockets::{
     ClientBuilder, CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream,
 };
 
-use super::render::{describe_close, describe_ws_error, timestamped};
+use super::render::{
+    Failure, describe_close, describe_ws_error, failure, timestamped, websocket_url,
+};
 use super::{CONNECT_TIMEOUT, EOF, EOF_GRACE, OUTBOX_LIMIT, Output, SYNC, backoff};
 use crate::config::ClientConfig;
 use crate::limit::TokenBucket;
 use crate::protocol::{
     ClientFrame, DEFAULT_ROOM, ErrorCode, HELP, Request, SUBPROTOCOL, ServerFrame, normalize_room,
-    parse_plain, visible,
+    parse_plain, validate_nick, visible,
 };
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -109,6 +111,19 @@ impl<'o> Client<'o> {
     }
 
     pub(super) async fn run(&mut self) -> i32 {
+        match websocket_url(&self.config.url) {
+            Ok(url) => self.config.url = url,
+            Err(reason) => {
+                self.status(&format!("error: {reason}"));
+                return 2;
+            }
+        }
+        if let Some(nick) = &self.config.nick {
+            if let Err(rejection) = validate_nick(nick) {
+                self.status(&format!("error: {}", rejection.text));
+                return 2;
+            }
+        }
         if let Some(room) = &self.config.room {
             if let Err(rejection) = normalize_room(room) {
                 self.status(&format!("error: {}", rejection.text));
@@ -143,9 +158,12 @@ impl<'o> Client<'o> {
                         }
                     }
                 }
-                Err(reason) => {
-                    self.out
-                        .status(&format!("cannot connect to {}: {reason}", self.config.url));
+                Err(failure) => {
+                    let url = &self.config.url;
+                    self.status(&format!("cannot connect to {url}: {}", failure.reason));
+                    if failure.permanent {
+                        return 2;
+                    }
                     false
                 }
             };
@@ -237,29 +255,37 @@ impl<'o> Client<'o> {
         }
     }
 
-    async fn connect(&mut self) -> Result<Socket, String> {
+    async fn connect(&mut self) -> Result<Socket, Failure> {
+        let permanent = |reason: String| Failure {
+            reason,
+            permanent: true,
+        };
         let mut builder = ClientBuilder::new()
             .uri(&self.config.url)
-            .map_err(|e| format!("invalid URL: {e}"))?
+            .map_err(|e| permanent(format!("invalid URL: {e}")))?
             .add_header(
                 SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(SUBPROTOCOL),
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| permanent(e.to_string()))?;
         if let Some(token) = &self.config.token {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| "the token must be printable ASCII".to_owned())?;
+                .map_err(|_| permanent("the token must be printable ASCII".into()))?;
             builder = builder
                 .add_header(AUTHORIZATION, value)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| permanent(e.to_string()))?;
         }
         if let Some(connector) = &self.connector {
             builder = builder.connector(connector);
         }
+        let tls = self.config.url.starts_with("wss://");
         match timeout(CONNECT_TIMEOUT, builder.connect()).await {
             Ok(Ok((ws, _response))) => Ok(ws),
-            Ok(Err(err)) => Err(describe_ws_error(&err)),
-            Err(_) => Err("timed out".into()),
+            Ok(Err(err)) => Err(failure(&err, tls)),
+            Err(_) => Err(Failure {
+                reason: "timed out".into(),
+                permanent: false,
+            }),
         }
     }
 
@@ -288,6 +314,8 @@ impl<'o> Client<'o> {
                             let payload: &[u8] = message.as_payload();
                             if payload == SYNC {
                                 syncing = false;
+                                let (me, room) = (self.me.clone(), self.room.clone());
+                                self.status(&format!("* you are {me} in {room}"));
                                 if let Err(end) = self.flush_after_resume(&mut ws).await {
                                     return end;
                                 }

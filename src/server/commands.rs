@@ -358,7 +358,9 @@ impl Conn {
             return out.push(ServerFrame::error(rejection, None));
         }
         if *self.nick == *nick {
-            return;
+            return out.push(ServerFrame::Notice {
+                text: format!("you are already {nick}"),
+            });
         }
         match shared.presence.rename(self.id, nick).await {
             Ok(old) => {
@@ -391,6 +393,11 @@ impl Conn {
             Err(rejection) => return out.push(ServerFrame::error(rejection, None)),
         };
         let same = self.room == name;
+        if same && after.is_none() {
+            return out.push(ServerFrame::Notice {
+                text: format!("you are already in {name}"),
+            });
+        }
         let max_rooms = shared.config.max_rooms;
         if !same
             && shared.presence.room_size(&name) == 0
@@ -475,6 +482,11 @@ impl Conn {
             text,
             ts: now_ms(),
         };
+        if to.eq_ignore_ascii_case(&self.nick) {
+            // A note to oneself arrives once: as its own acknowledgement.
+            let cid = if self.mode == Mode::Json { cid } else { None };
+            return out.push(message.frame(&self.nick, cid));
+        }
         match shared.presence.send_private(to, message.clone()).await {
             // The sender's copy is its acknowledgement (JSON mode only).
             Ok(to) if self.mode == Mode::Json => out.push(message.frame(&to, cid)),

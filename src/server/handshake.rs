@@ -46,6 +46,13 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             "request head too large",
         ),
         Ok(Err(HandshakeError::Malformed)) => respond(400, "Bad Request", "malformed HTTP request"),
+        // Answered in plain HTTP: a TLS client then fails at once, and can
+        // tell that this port does not speak TLS.
+        Ok(Err(HandshakeError::Tls)) => respond(
+            400,
+            "Bad Request",
+            "this is a plain ws:// port: TLS is not spoken here",
+        ),
         Ok(Err(err)) => {
             debug!("{peer}: handshake failed: {err}");
             return None;
@@ -363,8 +370,7 @@ pub enum HandshakeError {
     /// What arrived is not an HTTP request (answered 400).
     #[error("malformed HTTP request")]
     Malformed,
-    /// A TLS ClientHello arrived on a plain port (closed at once: a TLS
-    /// client could not read an HTTP answer).
+    /// A TLS ClientHello arrived on a plain port (answered 400 at once).
     #[error("TLS handshake on a plain ws:// port")]
     Tls,
     /// I/O failure.
