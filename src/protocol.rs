@@ -210,6 +210,10 @@ pub enum ServerFrame {
         /// What the server allows, so a client can pace itself.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limits: Option<Allowance>,
+        /// This connection's secret: a later handshake with `?resume=` and
+        /// it takes over this connection's nick.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     /// A chat message in a room.
     Message {

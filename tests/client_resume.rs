@@ -85,11 +85,8 @@ async fn resumes_after_a_cut_connection_with_every_message_once_in_order() {
 
     let mut client = Proc::spawn(CLIENT, &[&url, "--nick", "rita"], &[]);
     client.err_until("connected to").await;
-    loop {
-        if sender.text().await.ends_with("is now known as rita") {
-            break;
-        }
-    }
+    // The nick travels in the handshake: one notice, under the nick.
+    sender.expect("* rita joined lobby").await;
 
     let mut seen = Vec::new();
     for n in 0..100 {

@@ -171,6 +171,18 @@ fn broken_frames_get_the_right_close_code() {
 }
 
 #[test]
+fn a_huge_length_after_a_fragment_is_refused_not_overflowed() {
+    // Found by cargo fuzz: a fragment, then a continuation whose 64-bit
+    // length brought the message's size past u64::MAX.
+    let mut bytes = frame(false, 1, b"a", [0; 4]);
+    bytes.extend_from_slice(&[0x80, 0x80 | 127]);
+    bytes.extend_from_slice(&u64::MAX.to_be_bytes());
+    let (items, violation) = read_all(&bytes, &[]);
+    assert!(items.is_empty());
+    assert_eq!(violation, Some(Violation::TooBig(u64::MAX)));
+}
+
+#[test]
 fn messages_complete_before_a_bad_frame_are_still_delivered() {
     let mask = [9, 8, 7, 6];
     // One read: two whole messages, a ping, then a frame with reserved bits.

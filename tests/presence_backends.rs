@@ -19,6 +19,7 @@ fn member(nick: &str, room: &str, mode: Mode) -> (Member, Arc<Mailbox>) {
         room: room.into(),
         mode,
         mailbox: mailbox.clone(),
+        secret: u128::from(nick.len() as u32) << 64 | 0xfeed,
     };
     (member, mailbox)
 }
@@ -83,6 +84,21 @@ async fn presence_suite(presence: &dyn Presence) {
     assert!(presence.unregister(conn(1)).is_none());
     presence.rename(conn(2), "alice").await.expect("free again");
     assert_eq!(presence.room_size("lobby"), 0);
+    assert_eq!(presence.room_count(), 1);
+
+    // A nick is handed over only for its holder's secret.
+    let (c, c_mail) = member("127.0.0.1:3", "lobby", Mode::Json);
+    let secret = c.secret;
+    presence.register(conn(3), c);
+    presence.rename(conn(3), "carol").await.expect("rename");
+    assert!(presence.hand_over("carol", secret + 1).is_none());
+    assert!(presence.hand_over("nobody", secret).is_none());
+    let mailbox = presence.hand_over("CAROL", secret).expect("handed over");
+    assert!(Arc::ptr_eq(&mailbox, &c_mail));
+    // The holder is gone (its end announces nothing), the nick is free.
+    assert!(presence.unregister(conn(3)).is_none());
+    assert_eq!(presence.room_size("lobby"), 0);
+    presence.rename(conn(2), "carol").await.expect("free");
 }
 
 #[tokio::test]

@@ -73,6 +73,13 @@ pub(super) struct Client<'o> {
     eof_sent: bool,
     /// TLS setup for wss:// URLs.
     connector: Option<Connector>,
+    /// The room the server put this connection in (its `welcome`).
+    welcomed_in: String,
+    /// The secret of the last connection (its `welcome`'s `resume`): the
+    /// next handshake sends it so the server hands the nick over even
+    /// before it notices the old connection is gone. `None` from servers
+    /// that do not apply `?nick=` and `?room=` themselves.
+    resume: Option<String>,
 }
 
 impl<'o> Client<'o> {
@@ -107,6 +114,8 @@ impl<'o> Client<'o> {
             pace_at: None,
             eof_sent: false,
             connector: None,
+            welcomed_in: String::new(),
+            resume: None,
         }
     }
 
@@ -261,7 +270,7 @@ impl<'o> Client<'o> {
             permanent: true,
         };
         let mut builder = ClientBuilder::new()
-            .uri(&self.config.url)
+            .uri(&self.handshake_url())
             .map_err(|e| permanent(format!("invalid URL: {e}")))?
             .add_header(
                 SEC_WEBSOCKET_PROTOCOL,
@@ -287,6 +296,27 @@ impl<'o> Client<'o> {
                 permanent: false,
             }),
         }
+    }
+
+    /// The URL with what the server should apply before its welcome: the
+    /// nick, the room, and the previous connection's secret.
+    fn handshake_url(&self) -> String {
+        let mut params = Vec::new();
+        if let Some(nick) = &self.nick {
+            params.push(format!("nick={nick}"));
+        }
+        if self.room != DEFAULT_ROOM {
+            params.push(format!("room={}", self.room));
+        }
+        if let Some(secret) = &self.resume {
+            params.push(format!("resume={secret}"));
+        }
+        let url = &self.config.url;
+        if params.is_empty() {
+            return url.clone();
+        }
+        let joiner = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{joiner}{}", params.join("&"))
     }
 
     /// One connection, from resume to its end.
@@ -403,12 +433,20 @@ impl<'o> Client<'o> {
 
     /// Claims the nick and room and asks for what was missed, then the barrier ping.
     async fn resume(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
-        if let Some(nick) = self.nick.clone() {
+        // A server that gave a resume secret applied the nick and room of
+        // the handshake itself (and said so if it could not).
+        let applied = self.resume.is_some();
+        if let Some(nick) = self.nick.clone().filter(|_| !applied) {
             self.spend_token();
             send_raw(ws, json(&ClientFrame::Nick { nick })).await?;
         }
         let after = self.last_seen.get(&self.room).copied();
-        if self.room != DEFAULT_ROOM || after.is_some() {
+        let moved = if applied {
+            self.room != self.welcomed_in
+        } else {
+            self.room != DEFAULT_ROOM
+        };
+        if moved || after.is_some() {
             let frame = ClientFrame::Join {
                 room: self.room.clone(),
                 after,
@@ -546,11 +584,15 @@ impl<'o> Client<'o> {
         match &frame {
             ServerFrame::Welcome {
                 nick,
+                room,
                 epoch,
                 limits,
+                resume,
                 ..
             } => {
                 self.me.clone_from(nick);
+                self.welcomed_in.clone_from(room);
+                self.resume.clone_from(resume);
                 self.bucket = limits.and_then(|l| TokenBucket::new(l.rate, l.rate_burst));
                 if self.epoch != Some(*epoch) {
                     // Another history: ids seen elsewhere mean nothing now.

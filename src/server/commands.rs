@@ -16,6 +16,7 @@ use futures_util::FutureExt;
 use tracing::debug;
 
 use super::fanout::{Delivery, RoomFeed};
+use super::handshake::Hello;
 use super::history::{NewMessage, Page, Since};
 use super::presence::{Mailbox, Member, PrivateMessage};
 use super::{ConnId, Shared};
@@ -103,27 +104,47 @@ fn quiet(shared: &Shared, room: &str) -> bool {
 }
 
 impl Conn {
-    /// Registers a new connection in the default room: the welcome, the
-    /// room's recent history, and the `joined` notice.
+    /// Registers a new connection: in the room and under the nick its
+    /// handshake asked for (taking the nick over from the same client's
+    /// previous connection with `resume`), else the default room and its
+    /// address. Then the welcome, the room's recent history, any refusal
+    /// of what was asked, and one `joined` notice.
     pub async fn start(
         id: ConnId,
         peer: SocketAddr,
         mode: Mode,
+        hello: Hello,
         shared: &Arc<Shared>,
         mailbox: Arc<Mailbox>,
         out: &mut Replies,
     ) -> Self {
-        let nick: Arc<str> = peer.to_string().into();
-        let room: Arc<str> = DEFAULT_ROOM.into();
+        let mut refusals = Vec::new();
+        let room: Arc<str> = match hello.room.as_deref().map(|room| open_room(room, shared)) {
+            Some(Ok(room)) => room.into(),
+            Some(Err(rejection)) => {
+                refusals.push(rejection);
+                DEFAULT_ROOM.into()
+            }
+            None => DEFAULT_ROOM.into(),
+        };
+        let secret = resume_secret();
         shared.presence.register(
             id,
             Member {
-                nick: nick.clone(),
+                nick: peer.to_string().into(),
                 room: room.clone(),
                 mode,
                 mailbox,
+                secret,
             },
         );
+        let mut nick: Arc<str> = peer.to_string().into();
+        if let Some(wanted) = &hello.nick {
+            match claim(id, wanted, hello.resume.as_deref(), shared).await {
+                Ok(()) => nick = wanted.as_str().into(),
+                Err(rejection) => refusals.push(rejection),
+            }
+        }
         let mut conn = Self {
             id,
             peer,
@@ -157,11 +178,13 @@ impl Conn {
                 rate_burst: config.rate_burst,
                 max_message_bytes: config.max_message_bytes,
             }),
+            resume: (mode == Mode::Json).then(|| format!("{secret:032x}")),
         });
         match page {
             Ok(page) => conn.replay_page(page, None, shared, out),
             Err(rejection) => out.push(ServerFrame::error(rejection, None)),
         }
+        out.extend(refusals.into_iter().map(|r| ServerFrame::error(r, None)));
         conn.announce(shared, joined(&conn), out);
         conn
     }
@@ -494,6 +517,51 @@ impl Conn {
             Err(rejection) => out.push(ServerFrame::error(rejection, cid)),
         }
     }
+}
+
+/// A fresh, unguessable resume secret (0, which no client can send back
+/// as a match, if the system has no randomness to give).
+fn resume_secret() -> u128 {
+    let mut bytes = [0u8; 16];
+    match getrandom::getrandom(&mut bytes) {
+        Ok(()) => u128::from_le_bytes(bytes),
+        Err(_) => 0,
+    }
+}
+
+/// A room a connection may enter: its name checked, and, if nobody is in
+/// it, room for it under `--max-rooms`.
+fn open_room(room: &str, shared: &Shared) -> Result<String, Rejection> {
+    let name = normalize_room(room)?;
+    let max_rooms = shared.config.max_rooms;
+    if shared.presence.room_size(&name) == 0 && shared.presence.room_count() >= max_rooms {
+        return Err(Rejection::new(
+            ErrorCode::TooManyRooms,
+            format!(
+                "cannot open room {name}: the server has its limit of {max_rooms} rooms in use"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// Takes nick `wanted` for connection `id` as its handshake asked: from the
+/// same client's previous connection if `resume` is that connection's
+/// secret (which is then closed), else only if it is free.
+async fn claim(
+    id: ConnId,
+    wanted: &str,
+    resume: Option<&str>,
+    shared: &Shared,
+) -> Result<(), Rejection> {
+    validate_nick(wanted)?;
+    let secret = resume
+        .and_then(|s| u128::from_str_radix(s, 16).ok())
+        .filter(|&s| s != 0);
+    if let Some(previous) = secret.and_then(|secret| shared.presence.hand_over(wanted, secret)) {
+        previous.replace();
+    }
+    shared.presence.rename(id, wanted).await.map(drop)
 }
 
 /// The `joined` notice for a connection's current room.

@@ -182,8 +182,10 @@ impl FrameReader {
             .message
             .as_ref()
             .map_or(0, |(_, bytes)| bytes.len() as u64);
-        if len > self.max_bytes as u64 || buffered + len > self.max_bytes as u64 {
-            return Err(Violation::TooBig(buffered + len));
+        // Saturating: a 64-bit length may be anything up to u64::MAX.
+        let total = buffered.saturating_add(len);
+        if total > self.max_bytes as u64 {
+            return Err(Violation::TooBig(total));
         }
         let len = len as usize;
         let Some(frame) = data.get(header..header + 4 + len) else {

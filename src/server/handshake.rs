@@ -24,15 +24,15 @@ use crate::config::ServerConfig;
 use crate::protocol::{Mode, SUBPROTOCOL};
 
 /// Runs the handshake phase: reads the request head (bounded in time),
-/// answers it, and returns the WebSocket's mode and the connection's slot
-/// when the connection was upgraded.
+/// answers it, and returns the WebSocket's mode, what the request asked
+/// for, and the connection's slot when the connection was upgraded.
 pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     peer: SocketAddr,
     arriving: Arriving,
     shared: &Shared,
     shutdown: &CancellationToken,
-) -> Option<(Mode, Admitted)> {
+) -> Option<((Mode, Hello), Admitted)> {
     let within = shared.config.handshake_within();
     let head = tokio::select! {
         () = shutdown.cancelled() => return None,
@@ -80,10 +80,11 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Decision::Upgrade {
             mode,
+            hello,
             response,
             origin,
         } => match arriving.admit() {
-            Ok(admitted) => (mode, response, admitted),
+            Ok(admitted) => ((mode, hello), response, admitted),
             Err(full) => {
                 let why = match full {
                     Full::Server => "server is full",
@@ -322,6 +323,8 @@ pub enum Decision {
     Upgrade {
         /// Plain or JSON.
         mode: Mode,
+        /// What the request asked for in its query string.
+        hello: Hello,
         /// The bytes to send back.
         response: Vec<u8>,
         /// The request's `Origin`, for the log should the upgrade be refused.
@@ -331,6 +334,30 @@ pub enum Decision {
     Health,
     /// Answer with a plain HTTP response and close.
     Respond(Refusal),
+}
+
+/// What a handshake may ask for before the welcome, in its query string:
+/// `?nick=NAME&room=ROOM&resume=SECRET`. Checked when applied, like the
+/// commands they stand for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hello {
+    /// The nick to take.
+    pub nick: Option<String>,
+    /// The room to start in.
+    pub room: Option<String>,
+    /// A previous connection's secret: its nick is handed over.
+    pub resume: Option<String>,
+}
+
+impl Hello {
+    /// The hello in a request target's query string.
+    pub fn from_target(target: &str) -> Self {
+        Self {
+            nick: query_param(target, "nick"),
+            room: query_param(target, "room"),
+            resume: query_param(target, "resume"),
+        }
+    }
 }
 
 /// A request answered with an HTTP error instead of an upgrade.
@@ -591,6 +618,7 @@ fn route<'h>(
     response.push_str("\r\n");
     Decision::Upgrade {
         mode: if json { Mode::Json } else { Mode::Plain },
+        hello: Hello::from_target(target),
         response: response.into_bytes(),
         origin: None,
     }

@@ -30,7 +30,7 @@ use super::admission::Arriving;
 use super::commands::{Conn, FLOODING_AFTER, Replies, Storing};
 use super::fanout::{Delivery, FeedError};
 use super::frames::{FrameReader, Incoming, Violation};
-use super::handshake;
+use super::handshake::{self, Hello};
 use super::presence::Mailbox;
 use super::wire::{Transport, Wire};
 use crate::protocol::{ErrorCode, Mode, Rejection, Request, ServerFrame, parse_json, parse_plain};
@@ -49,6 +49,7 @@ const READ_CHUNK: usize = 8192;
 const MAX_STORING: usize = 32;
 /// Close codes the server sends.
 const GOING_AWAY: u16 = 1001;
+const NORMAL: u16 = 1000;
 const POLICY_VIOLATION: u16 = 1008;
 const TRY_AGAIN_LATER: u16 = 1013;
 
@@ -63,7 +64,7 @@ pub(super) async fn serve<S: Transport>(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let Some((mode, slot)) =
+    let Some(((mode, hello), slot)) =
         handshake::accept(&mut stream, peer, arriving, &shared, &shutdown).await
     else {
         return;
@@ -72,7 +73,7 @@ pub(super) async fn serve<S: Transport>(
     // Boxed, like every command below: a future is part of the task for as
     // long as the task lives, and idle connections should not carry the
     // size of the largest command.
-    let mut session = Box::pin(Session::start(Wire::new(stream), peer, mode, shared)).await;
+    let mut session = Box::pin(Session::start(Wire::new(stream), peer, mode, hello, shared)).await;
     let ended = session.run(&shutdown).await;
     drop(session);
     drop(slot);
@@ -182,11 +183,26 @@ struct Session<S> {
 
 impl<S: Transport> Session<S> {
     /// Registers the peer, greets it, and puts it in the default room.
-    async fn start(wire: Wire<S>, peer: SocketAddr, mode: Mode, shared: Arc<Shared>) -> Self {
+    async fn start(
+        wire: Wire<S>,
+        peer: SocketAddr,
+        mode: Mode,
+        hello: Hello,
+        shared: Arc<Shared>,
+    ) -> Self {
         let mailbox = Arc::new(Mailbox::default());
         let mut replies = Replies::new();
         let id = shared.next_conn_id();
-        let conn = Conn::start(id, peer, mode, &shared, mailbox.clone(), &mut replies).await;
+        let conn = Conn::start(
+            id,
+            peer,
+            mode,
+            hello,
+            &shared,
+            mailbox.clone(),
+            &mut replies,
+        )
+        .await;
         let mut session = Self {
             conn,
             reader: FrameReader::new(shared.config.max_frame_bytes),
@@ -297,6 +313,11 @@ impl<S: Transport> Session<S> {
                     }
                 }
                 Wake::Mail => {
+                    if mailbox.replaced() {
+                        // Its nick went to a new connection of the same client.
+                        self.close(NORMAL, "replaced by a new connection").await;
+                        return Ended::Because("replaced by a new connection".into());
+                    }
                     mail.set(mailbox.posted.notified());
                     for text in mailbox.take() {
                         self.wire.push_text(text.as_bytes());

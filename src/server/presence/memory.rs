@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Member, Presence, PrivateMessage};
+use super::{Mailbox, Member, Presence, PrivateMessage};
 use crate::protocol::{ErrorCode, Rejection, RoomInfo};
 use crate::server::ConnId;
 use crate::server::history::BoxFuture;
@@ -145,6 +145,18 @@ impl Presence for MemoryPresence {
 
     fn room_size(&self, room: &str) -> usize {
         self.lock().room_sizes.get(room).copied().unwrap_or(0)
+    }
+
+    fn hand_over(&self, nick: &str, secret: u128) -> Option<Arc<Mailbox>> {
+        let mut state = self.lock();
+        let holder = *state.by_nick.get(&nick.to_ascii_lowercase())?;
+        if state.members.get(&holder)?.secret != secret {
+            return None;
+        }
+        let member = state.members.remove(&holder)?;
+        state.by_nick.remove(&member.nick.to_ascii_lowercase());
+        state.exit(&member.room);
+        Some(member.mailbox)
     }
 
     fn room_count(&self) -> usize {

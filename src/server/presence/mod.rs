@@ -5,6 +5,7 @@ mod memory;
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -38,6 +39,12 @@ pub trait Presence: Send + Sync + fmt::Debug {
 
     /// How many rooms have members, as far as this node knows.
     fn room_count(&self) -> usize;
+
+    /// Takes connection `holder`'s place away if it holds `nick` and its
+    /// resume secret is `secret`: it is unregistered at once (so its end
+    /// announces nothing) and its mailbox is returned, to tell it it was
+    /// replaced. `None` when `nick` is free or held by anyone else.
+    fn hand_over(&self, nick: &str, secret: u128) -> Option<Arc<Mailbox>>;
 
     /// Gives connection `id` the nick `new` (already validated); returns the old one.
     ///
@@ -99,6 +106,9 @@ pub struct Member {
     pub mode: Mode,
     /// Where private messages for it go.
     pub mailbox: Arc<Mailbox>,
+    /// The secret that lets a new connection of the same client take over
+    /// its nick (`resume` in the welcome).
+    pub secret: u128,
 }
 
 /// Private messages waiting for one connection, rendered for its mode.
@@ -111,6 +121,8 @@ pub struct Mailbox {
     queue: Mutex<VecDeque<String>>,
     /// Signalled after each post; holds one permit if nobody waits.
     pub posted: Notify,
+    /// Set when a new connection took this one's place.
+    replaced: AtomicBool,
 }
 
 impl Mailbox {
@@ -125,6 +137,17 @@ impl Mailbox {
         }
         self.posted.notify_one();
         Ok(())
+    }
+
+    /// Tells the connection a new one took its place (it then closes).
+    pub fn replace(&self) {
+        self.replaced.store(true, Ordering::Relaxed);
+        self.posted.notify_one();
+    }
+
+    /// Whether a new connection took this one's place.
+    pub fn replaced(&self) -> bool {
+        self.replaced.load(Ordering::Relaxed)
     }
 
     /// Takes every waiting message, oldest first.
