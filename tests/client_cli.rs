@@ -221,44 +221,44 @@ async fn piped_client_paces_itself_to_the_server_rate() {
     server.stop().await;
 }
 
+/// The client, run with `args`, says `line` (and nothing else) and exits 2.
+async fn says_once_and_exits_2(args: &[&str], line: &str) {
+    let mut client = Proc::spawn(CLIENT, args, &[]);
+    assert_eq!(client.exit_code().await, 2, "{args:?}");
+    assert_eq!(client.err_rest().await, [line]);
+}
+
 #[tokio::test]
 async fn what_retrying_cannot_fix_is_said_once_with_exit_2() {
     let server = TestServer::start().await;
     let addr = server.addr;
-    // Not a WebSocket URL.
-    let mut client = Proc::spawn(CLIENT, &[&format!("http://{addr}")], &[]);
-    assert_eq!(client.exit_code().await, 2);
-    assert_eq!(
-        client.err_rest().await,
-        [format!(
-            "error: http://{addr} is not a WebSocket URL (ws:// or wss://): use ws://{addr}"
-        )]
-    );
+    says_once_and_exits_2(
+        &[&format!("http://{addr}")],
+        &format!("error: http://{addr} is not a WebSocket URL (ws:// or wss://): use ws://{addr}"),
+    )
+    .await;
     // A path the server does not serve: 404.
-    let mut client = Proc::spawn(CLIENT, &[&format!("ws://{addr}/nowhere")], &[]);
-    assert_eq!(client.exit_code().await, 2);
-    assert_eq!(
-        client.err_rest().await,
-        [format!(
+    says_once_and_exits_2(
+        &[&format!("ws://{addr}/nowhere")],
+        &format!(
             "cannot connect to ws://{addr}/nowhere: the server refused the connection (HTTP 404)"
-        )]
-    );
+        ),
+    )
+    .await;
     // TLS to a plain server: told at once which scheme to use.
-    let mut client = Proc::spawn(CLIENT, &[&format!("wss://{addr}")], &[]);
-    assert_eq!(client.exit_code().await, 2);
-    assert_eq!(
-        client.err_rest().await,
-        [format!(
+    says_once_and_exits_2(
+        &[&format!("wss://{addr}")],
+        &format!(
             "cannot connect to wss://{addr}: the server does not speak TLS here (try ws:// instead of wss://)"
-        )]
-    );
+        ),
+    )
+    .await;
     // A nick that could never be taken, before connecting at all.
-    let mut client = Proc::spawn(CLIENT, &[&format!("ws://{addr}"), "--nick", "no way!"], &[]);
-    assert_eq!(client.exit_code().await, 2);
-    assert_eq!(
-        client.err_rest().await,
-        [r#"error: invalid nickname "no way!": use 1-24 of A-Z a-z 0-9 _ -"#]
-    );
+    says_once_and_exits_2(
+        &[&format!("ws://{addr}"), "--nick", "no way!"],
+        r#"error: invalid nickname "no way!": use 1-24 of A-Z a-z 0-9 _ -"#,
+    )
+    .await;
     server.stop().await;
 }
 

@@ -9,23 +9,9 @@ use wschat::server::frames::{FrameReader, Incoming, Violation};
 
 const LIMIT: usize = 64 * 1024;
 
-/// A masked client frame.
+/// A masked client frame without reserved bits.
 fn frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | opcode];
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-    out
+    common::client_frame(fin, 0, opcode, payload, mask)
 }
 
 /// Feeds `bytes` cut at `cuts`; returns what came out and how it ended.

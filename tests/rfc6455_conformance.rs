@@ -13,32 +13,9 @@ mod common;
 use common::{Peer, RawFrame, RawPeer, TestServer};
 use wschat::protocol::WELCOME;
 
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CONTINUATION: u8 = 0x0;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xa;
+use wschat::server::frames::opcode::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
 
-/// A client frame: `fin`, the reserved bits `rsv` (0-7), `opcode`, masked
-/// with `mask`, its length in the shortest form unless `long_form`.
-fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-    out
-}
+use common::client_frame as frame;
 
 /// A final frame with no reserved bits and a fixed mask.
 fn whole(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -114,6 +91,15 @@ impl Bench {
         self.watcher.close().await;
         self.server.stop().await;
     }
+}
+
+/// Sending `bytes` closes the connection with `code`, and the server
+/// carries on.
+async fn fails_with(bytes: &[u8], code: u16) {
+    let mut bench = Bench::open().await;
+    bench.raw.send_bytes(bytes).await;
+    bench.closed_with(code).await;
+    bench.still_serving().await;
 }
 
 #[tokio::test]
@@ -210,10 +196,7 @@ async fn invalid_utf8_closes_1007() {
         b"ok \xe2\x82",      // cut short at the end of the message
     ];
     for bytes in cases {
-        let mut bench = Bench::open().await;
-        bench.raw.send_bytes(&whole(TEXT, bytes)).await;
-        bench.closed_with(1007).await;
-        bench.still_serving().await;
+        fails_with(&whole(TEXT, bytes), 1007).await;
     }
     // Invalid in a fragment of its own.
     let mut bench = Bench::open().await;
@@ -241,10 +224,7 @@ async fn reserved_bits_and_opcodes_close_1002() {
     // Reserved bits on a control frame too.
     cases.push(frame(true, 4, PING, b"", [1; 4]));
     for bytes in cases {
-        let mut bench = Bench::open().await;
-        bench.raw.send_bytes(&bytes).await;
-        bench.closed_with(1002).await;
-        bench.still_serving().await;
+        fails_with(&bytes, 1002).await;
     }
 }
 
@@ -273,10 +253,7 @@ async fn broken_framing_closes_1002() {
         frame(true, 0, CLOSE, &[b'c'; 126], mask),
     ];
     for bytes in cases {
-        let mut bench = Bench::open().await;
-        bench.raw.send_bytes(&bytes).await;
-        bench.closed_with(1002).await;
-        bench.still_serving().await;
+        fails_with(&bytes, 1002).await;
     }
 }
 
@@ -344,10 +321,7 @@ async fn a_close_with_a_bad_code_or_reason_fails_the_connection() {
         (b"\x13\x88", 1002),         // 5000
         (b"\x03\xe8\xff\xfe", 1007), // reason not UTF-8
     ] {
-        let mut bench = Bench::open().await;
-        bench.raw.send_bytes(&whole(CLOSE, payload)).await;
-        bench.closed_with(code).await;
-        bench.still_serving().await;
+        fails_with(&whole(CLOSE, payload), code).await;
     }
 }
 

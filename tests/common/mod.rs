@@ -480,24 +480,8 @@ impl RawPeer {
 
     /// Sends one masked frame with the given opcode (1 text, 2 binary, 8 close).
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
-        let mut frame = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | u8::try_from(n).expect("small")),
-            n if n <= 0xFFFF => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&u16::try_from(n).expect("fits").to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        within("raw write", self.stream.write_all(&frame))
-            .await
-            .expect("write frame");
+        let frame = client_frame(true, 0, opcode, payload, [0x12, 0x34, 0x56, 0x78]);
+        self.send_bytes(&frame).await;
     }
 
     /// Writes bytes as they are (any frames, well-formed or not).
@@ -535,6 +519,26 @@ impl RawPeer {
             }
         }
     }
+}
+
+/// A client frame: `fin`, the reserved bits `rsv` (0-7), `opcode`, masked
+/// with `mask`, its length in the shortest form.
+pub fn client_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
+    match payload.len() {
+        len @ 0..=125 => out.push(0x80 | len as u8),
+        len @ 126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    out
 }
 
 /// Parses one unmasked server frame from the front of `buf`.
