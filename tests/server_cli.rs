@@ -246,21 +246,35 @@ async fn a_closed_stderr_costs_log_lines_not_connections() {
 
 #[tokio::test]
 async fn a_stderr_nobody_reads_never_stalls_the_chat() {
-    // Debug logs a line per message: far more than a pipe holds.
-    // b reads only once a has sent everything: room for all of it.
-    let (mut server, url, stderr) =
-        server_with_own_stderr(&["-v", "--rate", "0", "--max-lag", "4096"]).await;
+    use tokio::io::AsyncReadExt;
+    // Debug logs a line per message: far more than a pipe and the log
+    // queue hold. b reads only once a has sent everything: room for it all.
+    let (mut server, url, mut stderr) =
+        server_with_own_stderr(&["-v", "--rate", "0", "--max-lag", "40000"]).await;
     let [mut a, mut b] = plain_peers(&url).await;
-    let padding = "p".repeat(200);
-    for n in 0..3000 {
-        a.send(&format!("{n} {padding}")).await;
+    for n in 0..20_000 {
+        a.send(&format!("message {n}")).await;
     }
-    for n in 0..3000 {
-        b.expect(&format!("{}: {n} {padding}", a.name())).await;
+    for n in 0..20_000 {
+        b.expect(&format!("{}: message {n}", a.name())).await;
     }
     let mut c = Peer::plain_raw(&url).await;
     c.send("/rooms").await;
     while c.text().await != "* rooms: lobby (3)" {}
+    // The lines that did not fit are counted, and the count is logged
+    // once stderr is read again.
+    let drained = tokio::spawn(async move {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log).await;
+        log
+    });
     assert_eq!(terminate(&mut server).await, Some(0));
-    drop(stderr);
+    let log = common::within("stderr to end", drained)
+        .await
+        .expect("read stderr");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(" log line(s) were dropped: stderr could not keep up"),
+        "{last}"
+    );
 }

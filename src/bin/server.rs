@@ -35,6 +35,10 @@ fn main() -> ExitCode {
         let listener = server::bind(&args.host, args.port).await?;
         server::run(listener, args.config(), shutdown).await
     });
+    let dropped = wschat::logging::dropped_lines();
+    if dropped > 0 {
+        tracing::warn!("{dropped} log line(s) were dropped: stderr could not keep up");
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

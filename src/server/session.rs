@@ -64,9 +64,16 @@ pub(super) async fn serve<S: Transport>(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let Some(((mode, hello), slot)) =
-        handshake::accept(&mut stream, peer, arriving, &shared, &shutdown).await
-    else {
+    // Boxed: the handshake's state would otherwise be part of the task's
+    // size for as long as the connection lasts.
+    let accepting = Box::pin(handshake::accept(
+        &mut stream,
+        peer,
+        arriving,
+        &shared,
+        &shutdown,
+    ));
+    let Some(((mode, hello), slot)) = accepting.await else {
         return;
     };
     info!("New connection from {peer}");
