@@ -14,7 +14,9 @@
 # find-max; c N=1000 S=10 at 50 msg/s; d 5000 idle connections (IDLE=15000
 # for more); e N=100 S=100 find-max; f as a with one client that never reads;
 # g N=1000 in 100 rooms of 10, every client sending (JSON), find-max, with the
-# senders' acknowledgement p99 (run it with SERVER_ARGS="--db ...").
+# senders' acknowledgement p99 (run it with SERVER_ARGS="--db ..."); abuse:
+# scenario c while benches/abuse.rs runs every attack in turn, with the
+# server's peak RSS (compare with c in the same sitting).
 # SERVER_ARGS go to wschat's server; a --db file named there is removed
 # before each run, so every run starts from an empty history.
 set -euo pipefail
@@ -32,6 +34,7 @@ mkdir -p "$OUT"
 
 cargo build --release --bins --examples --benches --quiet
 BENCH=$(ls -t target/release/deps/fanout-* | grep -v '\.d$' | head -1)
+ABUSE=$(ls -t target/release/deps/abuse-* | grep -v '\.d$' | head -1)
 
 start_server() {
     case "$1" in
@@ -64,7 +67,16 @@ for scenario in $SCENARIOS; do
     for target in $TARGETS; do
         for run in $(seq "$RUNS"); do
             start_server "$target"
-            args=(--url "ws://127.0.0.1:$PORT" --scenario "$scenario" --pid "$SERVER_PID" --duration "$DURATION")
+            # The abuse scenario is scenario c while one attacker process
+            # runs every attack in turn (benches/abuse.rs).
+            measured=$scenario
+            attacker=""
+            if [ "$scenario" = abuse ]; then
+                measured=c
+                taskset -c 1 "$ABUSE" --url "ws://127.0.0.1:$PORT" --duration 60 --each 2 > "$OUT/abuse-attacks-$target-$run.txt" &
+                attacker=$!
+            fi
+            args=(--url "ws://127.0.0.1:$PORT" --scenario "$measured" --pid "$SERVER_PID" --duration "$DURATION")
             # find-max starts low enough for the baseline to pass its first step.
             case "$scenario/$target" in
                 a/wschat|f/wschat) args+=(--rate 1000) ;;
@@ -79,6 +91,12 @@ for scenario in $SCENARIOS; do
             log="$OUT/$scenario-$target-$run.txt"
             echo "== scenario $scenario, $target, run $run"
             timeout 600 taskset -c 1 "$BENCH" "${args[@]}" | tee "$log" || true
+            if [ -n "$attacker" ]; then
+                kill "$attacker" 2>/dev/null || true
+                wait "$attacker" 2>/dev/null || true
+                peak=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)
+                echo "server peak RSS: $((peak / 1024)) MiB" | tee -a "$log"
+            fi
             kill "$SERVER_PID" 2>/dev/null || true
             wait "$SERVER_PID" 2>/dev/null || true
         done
@@ -95,20 +113,22 @@ out, scenario, target, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.arg
 rows = []
 for run in range(1, runs + 1):
     lines = open(f"{out}/{scenario}-{target}-{run}.txt").read().splitlines()
+    peak = [l for l in lines if l.startswith("server peak RSS")]
     if scenario == "d":
         per = [l for l in lines if l.startswith("idle connections")]
         if per:
-            rows.append((float(per[-1].split(": ")[-1].split()[0]), 0, 0, 0, 0))
+            rows.append((float(per[-1].split(": ")[-1].split()[0]), 0, 0, 0, 0, 0))
         continue
     if any(l.startswith("max sustainable: none") for l in lines):
-        rows.append((0.0, 0.0, 0.0, 0.0, 0.0))
+        rows.append((0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
         continue
     data = [l.split() for l in lines if l.strip() and l.split()[0].replace(".", "").isdigit()]
     if not data:
         continue
     best = data[-1]
     ack = float(best[15]) if len(best) > 15 and best[15] != "-" else 0.0
-    rows.append((float(best[5]), float(best[8]), float(best[11]) if best[11] != "-" else 0.0, ack, float(best[0])))
+    rss = float(peak[-1].split(": ")[1].split()[0]) if peak else 0.0
+    rows.append((float(best[5]), float(best[8]), float(best[11]) if best[11] != "-" else 0.0, ack, float(best[0]), rss))
 if not rows:
     print(f"{scenario} {target}: no result")
 elif scenario == "d":
@@ -120,6 +140,8 @@ else:
     if scenario == "g":
         extra = (f", {statistics.median(r[4] for r in rows):,.0f} messages/s stored, "
                  f"ack p99 {statistics.median(r[3] for r in rows):.2f} ms")
+    if scenario == "abuse":
+        extra = f", server peak RSS {statistics.median(r[5] for r in rows):.0f} MiB"
     print(f"{scenario} {target}: {statistics.median(r[0] for r in rows):,.0f} deliveries/s, "
           f"p99 {statistics.median(r[1] for r in rows):.2f} ms, "
           f"{statistics.median(r[2] for r in rows):.2f} us/delivery{extra}")

@@ -379,6 +379,12 @@ async fn what_cannot_be_a_handshake_is_answered_at_once() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
+    // The same head complete, arriving at once: 431 too.
+    let mut whole = TcpStream::connect(server.addr).await.expect("connect");
+    head.push_str("\r\n\r\n");
+    let _ = whole.write_all(head.as_bytes()).await;
+    let answer = read_to_end(&mut whole).await;
+    assert!(answer.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"));
     server.stop().await;
 }
 

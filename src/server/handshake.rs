@@ -424,7 +424,11 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, Hand
         if buf.first() == Some(&TLS_HANDSHAKE_RECORD) {
             return Err(HandshakeError::Tls);
         }
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            // However fast it came, a head over the limit is refused.
+            if end + 4 > MAX_HEAD {
+                return Err(HandshakeError::TooLarge);
+            }
             return Ok(buf);
         }
         if buf.len() > MAX_HEAD {
