@@ -6,6 +6,8 @@
 //!
 //! Each attack runs for `--each` seconds, then the next; the cycle repeats
 //! until `--duration` is over, and every socket is closed on the way out.
+//! The attacker connects from 127.0.0.2, so the server can tell it from the
+//! legitimate load (from 127.0.0.1), as it would tell two hosts apart.
 //! It prints how many actions each attack got done, so a run shows that the
 //! attacks did run. Only loopback servers are accepted.
 
@@ -29,6 +31,13 @@ struct Args {
     /// Seconds per attack.
     #[arg(long, default_value_t = 3.0)]
     each: f64,
+}
+
+/// A TCP connection to `addr` from the attacker's own address, 127.0.0.2.
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::new(127, 0, 0, 2), 0).into())?;
+    socket.connect(addr).await
 }
 
 /// A handshake request for `addr`, plain mode unless `json`.
@@ -66,7 +75,7 @@ fn text(payload: &str) -> Vec<u8> {
 
 /// Opens a WebSocket (101 read, nothing else); `None` if refused or closed.
 async fn open(addr: SocketAddr, target: &str, json: bool) -> Option<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let mut stream = connect(addr).await.ok()?;
     stream
         .write_all(upgrade_request(addr, target, json).as_bytes())
         .await
@@ -129,7 +138,7 @@ async fn slow_handshakes(addr: SocketAddr, within: Duration) -> u64 {
     let end = Instant::now() + within;
     let mut sockets = Vec::new();
     for _ in 0..1500 {
-        if let Ok(stream) = TcpStream::connect(addr).await {
+        if let Ok(stream) = connect(addr).await {
             sockets.push(stream);
         }
     }
@@ -225,7 +234,7 @@ async fn bad_handshakes(addr: SocketAddr, within: Duration) -> u64 {
     let oversized = format!("GET / HTTP/1.1\r\nX-Padding: {}\r\n\r\n", "a".repeat(9000));
     while Instant::now() < end {
         for request in [&rebinding, &oversized] {
-            if let Ok(mut stream) = TcpStream::connect(addr).await {
+            if let Ok(mut stream) = connect(addr).await {
                 let _ = stream.write_all(request.as_bytes()).await;
                 drain(stream).await;
                 sent += 1;

@@ -46,11 +46,15 @@ start_server() {
                 shift
             done
             # Every benchmark client comes from 127.0.0.1: no per-address cap
-            # (older builds, measured for comparison, have none to lift).
+            # (older builds, measured for comparison, have none to lift),
+            # except under attack, where the default cap (1000) is part of
+            # the defence and still fits the generator's clients.
             local per_ip=""
-            if "$SERVER" --help | grep -q -- --max-per-ip; then per_ip="--max-per-ip 0"; fi
+            if [ "$scenario" != abuse ] && "$SERVER" --help | grep -q -- --max-per-ip; then
+                per_ip="--max-per-ip 0"
+            fi
             # shellcheck disable=SC2086
-            taskset -c 0 "$SERVER" --port "$PORT" --rate 0 --max-connections 30000 $per_ip $SERVER_ARGS 2>/dev/null &
+            taskset -c 0 "$SERVER" --port "$PORT" $RATE_ARGS --max-connections 30000 $per_ip $SERVER_ARGS 2>/dev/null &
             ;;
         exercise) taskset -c 0 ./target/release/examples/exercise_server "127.0.0.1:$PORT" 2>/dev/null & ;;
     esac
@@ -66,6 +70,12 @@ start_server() {
 for scenario in $SCENARIOS; do
     for target in $TARGETS; do
         for run in $(seq "$RUNS"); do
+            # Flood control off, so the generator's senders are never
+            # refused; under attack it is on, as a real server's would be,
+            # with room for the senders (5 messages/s each, 50/s together
+            # from 127.0.0.1) and none for the attacker (from 127.0.0.2).
+            RATE_ARGS="--rate 0"
+            if [ "$scenario" = abuse ]; then RATE_ARGS="--rate 60 --rate-burst 30"; fi
             start_server "$target"
             # The abuse scenario is scenario c while one attacker process
             # runs every attack in turn (benches/abuse.rs).

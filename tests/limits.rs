@@ -291,6 +291,15 @@ async fn sockets_that_never_finish_a_handshake_take_no_connection_slot() {
     server.stop().await;
 }
 
+/// A TCP connection to `addr` from the loopback address `from`.
+async fn connect_from(addr: std::net::SocketAddr, from: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind((std::net::Ipv4Addr::from(from), 0).into())
+        .expect("bind a loopback address");
+    socket.connect(addr).await.expect("connect")
+}
+
 #[tokio::test]
 async fn handshakes_beyond_the_cap_are_closed_at_once() {
     let server = TestServer::with(|c| {
@@ -298,14 +307,15 @@ async fn handshakes_beyond_the_cap_are_closed_at_once() {
         c.handshake_timeout = 60;
     })
     .await;
+    // Three addresses take the three places...
     let mut waiting = Vec::new();
-    for _ in 0..3 {
-        waiting.push(TcpStream::connect(server.addr).await.expect("connect"));
+    for host in 2..5 {
+        waiting.push(connect_from(server.addr, [127, 0, 0, host]).await);
     }
-    // The fourth gets nothing at all: no place, no answer, long before
+    // ...so the next gets nothing at all: no place, no answer, long before
     // the minute the others may take.
-    let mut fourth = TcpStream::connect(server.addr).await.expect("connect");
-    assert_eq!(read_to_end(&mut fourth).await, b"");
+    let mut next = connect_from(server.addr, [127, 0, 0, 5]).await;
+    assert_eq!(read_to_end(&mut next).await, b"");
     // A place frees when a handshake ends, however it ends.
     let mut first = waiting.remove(0);
     first
@@ -325,6 +335,26 @@ async fn handshakes_beyond_the_cap_are_closed_at_once() {
         }
     })
     .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_handshake_place() {
+    // 16 places: one address may hold 2 of them.
+    let server = TestServer::with(|c| {
+        c.max_handshakes = 16;
+        c.handshake_timeout = 60;
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(connect_from(server.addr, [127, 0, 0, 9]).await);
+    }
+    let mut third = connect_from(server.addr, [127, 0, 0, 9]).await;
+    assert_eq!(read_to_end(&mut third).await, b"");
+    // Everyone else still gets in.
+    assert_eq!(RawPeer::upgrade(server.addr, "/", &[]).await.0, 101);
+    drop(silent);
     server.stop().await;
 }
 

@@ -26,11 +26,16 @@ use crate::limit::TokenBucket;
 
 /// Arrivals between sweeps of addresses that have no connection left.
 const SWEEP_EVERY: u32 = 1024;
+/// One address may hold at most this fraction of `--max-handshakes`
+/// (1/8: 128 of the default 1024), so sockets that never finish their
+/// handshake, all from one address, leave places for everyone else.
+const HANDSHAKE_SHARE: usize = 8;
 
 /// The server's places: handshakes, slots and per-address counts.
 #[derive(Debug)]
 pub struct Admission {
     handshakes: Arc<Semaphore>,
+    max_handshakes: usize,
     slots: Arc<Semaphore>,
     max_per_ip: usize,
     /// A full budget as each address starts with (`None`: no budget).
@@ -49,6 +54,8 @@ struct Addresses {
 #[derive(Debug, Default)]
 struct Address {
     connections: usize,
+    /// Of those, the ones still in their handshake.
+    handshaking: usize,
     budget: Option<TokenBucket>,
 }
 
@@ -90,6 +97,7 @@ impl Admission {
     pub fn new(max_handshakes: usize, max_connections: usize, max_per_ip: usize) -> Self {
         Self {
             handshakes: Arc::new(Semaphore::new(max_handshakes)),
+            max_handshakes,
             slots: Arc::new(Semaphore::new(max_connections)),
             max_per_ip,
             budget: None,
@@ -119,22 +127,31 @@ impl Admission {
     }
 
     /// A new TCP connection from `ip`: its handshake place and its count
-    /// against the address, or `None` when every handshake place is taken.
+    /// against the address, or `None` when every handshake place is taken,
+    /// or its address already has a [`HANDSHAKE_SHARE`] of them.
     pub fn arrive(self: &Arc<Self>, ip: IpAddr) -> Option<Arriving> {
-        let handshake = self.handshakes.clone().try_acquire_owned().ok()?;
-        let crowded = {
-            let mut addresses = lock(&self.addresses);
-            addresses.arrivals = addresses.arrivals.wrapping_add(1);
-            if addresses.arrivals % SWEEP_EVERY == 0 {
-                let now = Instant::now();
-                addresses.by_key.retain(|_, a| !a.forgettable(now));
-            }
-            let address = addresses.by_key.entry(address_key(ip)).or_default();
-            address.connections += 1;
-            self.max_per_ip > 0 && address.connections > self.max_per_ip
-        };
+        let share = (self.max_handshakes / HANDSHAKE_SHARE).max(1);
+        let mut addresses = lock(&self.addresses);
+        addresses.arrivals = addresses.arrivals.wrapping_add(1);
+        if addresses.arrivals % SWEEP_EVERY == 0 {
+            let now = Instant::now();
+            addresses.by_key.retain(|_, a| !a.forgettable(now));
+        }
+        let address = addresses.by_key.entry(address_key(ip)).or_default();
+        if address.handshaking >= share {
+            return None;
+        }
+        let permit = self.handshakes.clone().try_acquire_owned().ok()?;
+        address.connections += 1;
+        address.handshaking += 1;
+        let crowded = self.max_per_ip > 0 && address.connections > self.max_per_ip;
+        drop(addresses);
         Some(Arriving {
-            handshake: Some(handshake),
+            handshake: Some(HandshakePlace {
+                _permit: permit,
+                admission: self.clone(),
+                ip,
+            }),
             presence: AddressCount {
                 admission: self.clone(),
                 ip,
@@ -157,10 +174,28 @@ impl Admission {
     }
 }
 
+/// One of `--max-handshakes` places, counted against its address until
+/// dropped.
+#[derive(Debug)]
+struct HandshakePlace {
+    _permit: OwnedSemaphorePermit,
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakePlace {
+    fn drop(&mut self) {
+        let mut addresses = lock(&self.admission.addresses);
+        if let Some(address) = addresses.by_key.get_mut(&address_key(self.ip)) {
+            address.handshaking -= 1;
+        }
+    }
+}
+
 /// A connection in its handshake.
 #[derive(Debug)]
 pub struct Arriving {
-    handshake: Option<OwnedSemaphorePermit>,
+    handshake: Option<HandshakePlace>,
     presence: AddressCount,
     crowded: bool,
 }
@@ -229,10 +264,26 @@ mod tests {
     fn handshakes_are_capped_and_given_back() {
         let admission = Arc::new(Admission::new(2, 10, 0));
         let a = admission.arrive(HOME).expect("first");
-        let _b = admission.arrive(HOME).expect("second");
-        assert!(admission.arrive(HOME).is_none());
+        let _b = admission.arrive(AWAY).expect("second");
+        let third: IpAddr = "10.0.0.3".parse().expect("ip");
+        assert!(admission.arrive(third).is_none());
         let _a = a.admit().expect("admitted");
+        assert!(admission.arrive(third).is_some());
+    }
+
+    #[test]
+    fn one_address_holds_an_eighth_of_the_handshake_places() {
+        let admission = Arc::new(Admission::new(16, 100, 0));
+        let held: Vec<_> = (0..2)
+            .map(|_| admission.arrive(HOME).expect("place"))
+            .collect();
+        assert!(admission.arrive(HOME).is_none());
+        let other = admission.arrive(AWAY).expect("others still get in");
+        // A finished handshake gives its place back.
+        let mut held = held.into_iter();
+        let _in = held.next().expect("one").admit().expect("admitted");
         assert!(admission.arrive(HOME).is_some());
+        drop((held, other));
     }
 
     #[test]
