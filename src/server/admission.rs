@@ -55,15 +55,21 @@ struct Addresses {
 struct Address {
     connections: usize,
     /// Of those, the ones still in their handshake.
-    handshaking: usize,
+    handshake: usize,
     budget: Option<TokenBucket>,
+    /// New connections allowed: `--max-per-ip` per 10 s, in bursts of
+    /// twice that (so the cap on connections held, answered 503, comes
+    /// first), so an address cannot churn through connections either.
+    arrivals: Option<TokenBucket>,
 }
 
 impl Address {
-    /// Whether forgetting it would change nothing: no connection, and a
-    /// budget as full as a new one.
+    /// Whether forgetting it would change nothing: no connection, and
+    /// budgets as full as new ones.
     fn forgettable(&mut self, now: Instant) -> bool {
-        self.connections == 0 && self.budget.as_mut().is_none_or(|b| b.full_at(now))
+        self.connections == 0
+            && self.budget.as_mut().is_none_or(|b| b.full_at(now))
+            && self.arrivals.as_mut().is_none_or(|b| b.full_at(now))
     }
 }
 
@@ -127,8 +133,10 @@ impl Admission {
     }
 
     /// A new TCP connection from `ip`: its handshake place and its count
-    /// against the address, or `None` when every handshake place is taken,
-    /// or its address already has a [`HANDSHAKE_SHARE`] of them.
+    /// against the address, or `None` (close it at once) when every
+    /// handshake place is taken, its address already holds a
+    /// [`HANDSHAKE_SHARE`] of them, or has opened more than `--max-per-ip`
+    /// connections per 10 s (in bursts of twice that).
     pub fn arrive(self: &Arc<Self>, ip: IpAddr) -> Option<Arriving> {
         let share = (self.max_handshakes / HANDSHAKE_SHARE).max(1);
         let mut addresses = lock(&self.addresses);
@@ -137,13 +145,24 @@ impl Admission {
             let now = Instant::now();
             addresses.by_key.retain(|_, a| !a.forgettable(now));
         }
+        let max_per_ip = self.max_per_ip;
         let address = addresses.by_key.entry(address_key(ip)).or_default();
-        if address.handshaking >= share {
+        if address.handshake >= share {
             return None;
+        }
+        if max_per_ip > 0 {
+            if address.arrivals.is_none() {
+                let per_ten_seconds = u32::try_from(max_per_ip).unwrap_or(u32::MAX);
+                let burst = per_ten_seconds.saturating_mul(2);
+                address.arrivals = TokenBucket::new(per_ten_seconds, burst);
+            }
+            if address.arrivals.as_mut().is_some_and(|b| !b.try_take()) {
+                return None;
+            }
         }
         let permit = self.handshakes.clone().try_acquire_owned().ok()?;
         address.connections += 1;
-        address.handshaking += 1;
+        address.handshake += 1;
         let crowded = self.max_per_ip > 0 && address.connections > self.max_per_ip;
         drop(addresses);
         Some(Arriving {
@@ -187,7 +206,7 @@ impl Drop for HandshakePlace {
     fn drop(&mut self) {
         let mut addresses = lock(&self.admission.addresses);
         if let Some(address) = addresses.by_key.get_mut(&address_key(self.ip)) {
-            address.handshaking -= 1;
+            address.handshake -= 1;
         }
     }
 }
@@ -284,6 +303,18 @@ mod tests {
         let _in = held.next().expect("one").admit().expect("admitted");
         assert!(admission.arrive(HOME).is_some());
         drop((held, other));
+    }
+
+    #[test]
+    fn an_address_cannot_churn_through_connections() {
+        let admission = Arc::new(Admission::new(100, 100, 3));
+        for _ in 0..6 {
+            drop(admission.arrive(HOME).expect("within the burst"));
+        }
+        // Three held at most, three opened per 10 s in bursts of six:
+        // closing them does not make room for more right away.
+        assert!(admission.arrive(HOME).is_none());
+        assert!(admission.arrive(AWAY).is_some());
     }
 
     #[test]
