@@ -379,6 +379,32 @@ async fn one_address_cannot_take_every_slot() {
 }
 
 #[tokio::test]
+async fn one_address_cannot_churn_through_connections() {
+    // Two held at most; two opened per 10 s, in bursts of four.
+    let server = TestServer::with(|c| c.max_per_ip = 2).await;
+    for _ in 0..4 {
+        let (status, peer) = RawPeer::upgrade(server.addr, "/", &[]).await;
+        assert_eq!(status, 101);
+        drop(peer);
+    }
+    // None is open now, and still the fifth is closed at once.
+    let mut fifth = TcpStream::connect(server.addr).await.expect("connect");
+    assert_eq!(read_to_end(&mut fifth).await, b"");
+    // Another address is not affected.
+    let mut other = connect_from(server.addr, [127, 0, 0, 7]).await;
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(
+        read_to_end(&mut other)
+            .await
+            .starts_with(b"HTTP/1.1 200 OK\r\n")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn what_cannot_be_a_handshake_is_answered_at_once() {
     let server = TestServer::with(|c| c.handshake_timeout = 60).await;
     // A TLS ClientHello on the plain port: 400 in plain HTTP, which a TLS
