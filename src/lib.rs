@@ -4,7 +4,9 @@
 //! - [`protocol`]: the wire format of both modes (plain text and JSON), names
 //!   and commands; pure functions, no I/O.
 //! - [`server`]: the accept loop and shutdown ([`server::run`]); inside it
-//!   `handshake` answers HTTP (WebSocket upgrade, `/healthz`), `session` runs
+//!   `handshake` answers HTTP (WebSocket upgrade, `/healthz`), `admission`
+//!   decides who gets in (handshake places, slots, per-address caps and
+//!   flood budgets), `session` runs
 //!   one task per peer (the select loop, lag, close), `commands` carries out
 //!   what a peer asks for (say, `/nick`, `/join`, `/msg`, `/who`, `/rooms`),
 //!   `frames` parses and checks what clients send, and `wire` queues each
