@@ -31,6 +31,9 @@ struct Args {
     /// Seconds per attack.
     #[arg(long, default_value_t = 3.0)]
     each: f64,
+    /// Run only the attacks whose name contains this (e.g. `flood`).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// A TCP connection to `addr` from the attacker's own address, 127.0.0.2.
@@ -276,6 +279,13 @@ async fn main() {
     let each = Duration::from_secs_f64(args.each);
     'cycle: loop {
         for (name, attack) in attacks {
+            if args
+                .only
+                .as_deref()
+                .is_some_and(|only| !name.contains(only))
+            {
+                continue;
+            }
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break 'cycle;

@@ -16,7 +16,8 @@
 # g N=1000 in 100 rooms of 10, every client sending (JSON), find-max, with the
 # senders' acknowledgement p99 (run it with SERVER_ARGS="--db ..."); abuse:
 # scenario c while benches/abuse.rs runs every attack in turn, with the
-# server's peak RSS (compare with c in the same sitting).
+# server's peak RSS (compare with c in the same sitting); ATTACKS="--only
+# flood" runs only the attacks whose name contains "flood".
 # SERVER_ARGS go to wschat's server; a --db file named there is removed
 # before each run, so every run starts from an empty history.
 set -euo pipefail
@@ -28,6 +29,7 @@ DURATION=${DURATION:-3}
 PORT=${PORT:-2100}
 OUT=${OUT:-target/bench}
 EXTRA=${EXTRA:-}
+ATTACKS=${ATTACKS:-}
 SERVER=${SERVER:-./target/release/server}
 SERVER_ARGS=${SERVER_ARGS:-}
 mkdir -p "$OUT"
@@ -83,7 +85,8 @@ for scenario in $SCENARIOS; do
             attacker=""
             if [ "$scenario" = abuse ]; then
                 measured=c
-                taskset -c 1 "$ABUSE" --url "ws://127.0.0.1:$PORT" --duration 60 --each 2 > "$OUT/abuse-attacks-$target-$run.txt" &
+                # shellcheck disable=SC2086
+                taskset -c 1 "$ABUSE" --url "ws://127.0.0.1:$PORT" --duration 60 --each 2 $ATTACKS > "$OUT/abuse-attacks-$target-$run.txt" &
                 attacker=$!
             fi
             args=(--url "ws://127.0.0.1:$PORT" --scenario "$measured" --pid "$SERVER_PID" --duration "$DURATION")
