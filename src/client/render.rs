@@ -82,13 +82,10 @@ pub(super) fn failure(err: &tokio_websockets::Error, tls: bool) -> Failure {
             "the server wants a token (HTTP 401): pass --token".into(),
             true,
         ),
-        E::Upgrade(U::DidNotSwitchProtocols(status @ (403 | 404))) => (
-            format!("the server refused the connection (HTTP {status})"),
-            true,
-        ),
+        // Refused by policy or path: asking again gets the same answer.
         E::Upgrade(U::DidNotSwitchProtocols(status)) => (
             format!("the server refused the connection (HTTP {status})"),
-            false,
+            matches!(status, 403 | 404),
         ),
         E::Upgrade(other) if !tls => (
             format!("{other} (if the server uses TLS, try wss://)"),

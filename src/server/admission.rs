@@ -179,16 +179,18 @@ impl Admission {
         })
     }
 
-    /// Connections open from `ip`'s address (for tests and diagnostics).
-    pub fn from_address(&self, ip: IpAddr) -> usize {
+    /// Connections open from `ip`'s address.
+    #[cfg(test)]
+    fn open_from(&self, ip: IpAddr) -> usize {
         lock(&self.addresses)
             .by_key
             .get(&address_key(ip))
             .map_or(0, |a| a.connections)
     }
 
-    /// Addresses remembered (for tests and diagnostics).
-    pub fn addresses(&self) -> usize {
+    /// Addresses remembered.
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
         lock(&self.addresses).by_key.len()
     }
 }
@@ -338,11 +340,11 @@ mod tests {
         let c = admission.arrive(HOME).expect("c").admit();
         assert_eq!(c.err(), Some(Full::Address));
         assert!(admission.arrive(AWAY).expect("other").admit().is_ok());
-        assert_eq!(admission.from_address(HOME), 2);
+        assert_eq!(admission.open_from(HOME), 2);
         drop(a);
-        assert_eq!(admission.from_address(HOME), 1);
+        assert_eq!(admission.open_from(HOME), 1);
         assert!(admission.arrive(HOME).expect("again").admit().is_ok());
-        assert_eq!(admission.from_address(AWAY), 0);
+        assert_eq!(admission.open_from(AWAY), 0);
     }
 
     #[test]

@@ -128,17 +128,17 @@ impl Conn {
             None => DEFAULT_ROOM.into(),
         };
         let secret = resume_secret();
+        let mut nick: Arc<str> = peer.to_string().into();
         shared.presence.register(
             id,
             Member {
-                nick: peer.to_string().into(),
+                nick: nick.clone(),
                 room: room.clone(),
                 mode,
                 mailbox,
                 secret,
             },
         );
-        let mut nick: Arc<str> = peer.to_string().into();
         if let Some(wanted) = &hello.nick {
             match claim(id, wanted, hello.resume.as_deref(), shared).await {
                 Ok(()) => nick = wanted.as_str().into(),
@@ -297,7 +297,7 @@ impl Conn {
         shared: &Shared,
         out: &mut Replies,
     ) -> Option<Storing> {
-        if let Err(rejection) = self.check_text(&mut text, shared) {
+        if let Err(rejection) = Self::check_text(&mut text, shared) {
             out.push(ServerFrame::error(rejection, cid));
             return None;
         }
@@ -327,9 +327,9 @@ impl Conn {
         }
     }
 
-    /// Readies a message's text and checks it against the limits (taking a
-    /// rate token if it passes).
-    fn check_text(&mut self, text: &mut String, shared: &Shared) -> Result<(), Rejection> {
+    /// Readies a message's text and checks it against the limits (flood
+    /// control is [`Self::spend`]'s, for every request alike).
+    fn check_text(text: &mut String, shared: &Shared) -> Result<(), Rejection> {
         clean_text(text)?;
         let config = &shared.config;
         let max = config.max_message_bytes;
@@ -497,7 +497,7 @@ impl Conn {
         shared: &Shared,
         out: &mut Replies,
     ) {
-        if let Err(rejection) = self.check_text(&mut text, shared) {
+        if let Err(rejection) = Self::check_text(&mut text, shared) {
             return out.push(ServerFrame::error(rejection, cid));
         }
         let message = PrivateMessage {

@@ -32,7 +32,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     arriving: Arriving,
     shared: &Shared,
     shutdown: &CancellationToken,
-) -> Option<((Mode, Hello), Admitted)> {
+) -> Option<(Mode, Hello, Admitted)> {
     let within = shared.config.handshake_within();
     let head = tokio::select! {
         () = shutdown.cancelled() => return None,
@@ -62,7 +62,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
-    let (mode, response, admitted) = match decision {
+    let (mode, hello, response, admitted) = match decision {
         Decision::Health => {
             let response = match shared.trouble() {
                 None => text_response(200, "OK", "", "ok\n"),
@@ -84,7 +84,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             response,
             origin,
         } => match arriving.admit() {
-            Ok(admitted) => ((mode, hello), response, admitted),
+            Ok(admitted) => (mode, hello, response, admitted),
             Err(full) => {
                 let why = match full {
                     Full::Server => "server is full",
@@ -99,7 +99,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         },
     };
     match timeout(within, send(stream, &response)).await {
-        Ok(Ok(())) => Some((mode, admitted)),
+        Ok(Ok(())) => Some((mode, hello, admitted)),
         _ => None,
     }
 }

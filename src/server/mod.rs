@@ -197,7 +197,7 @@ pub async fn run(
                     // Every handshake place taken: close at once, before
                     // spending anything on this connection.
                     let Some(arriving) = shared.admission.arrive(peer.ip()) else {
-                        debug!("{peer}: closed: too many handshakes in progress");
+                        debug!("{peer}: closed: no handshake place for it");
                         continue;
                     };
                     // Without this, Nagle holds small frames back for tens of ms.
@@ -256,7 +256,7 @@ async fn forget_idle_rooms(shared: Arc<Shared>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let presence = shared.presence.clone();
+        let presence = &shared.presence;
         shared
             .history
             .forget_idle(ttl, &|room| presence.room_size(room) > 0);

@@ -73,7 +73,7 @@ pub(super) async fn serve<S: Transport>(
         &shared,
         &shutdown,
     ));
-    let Some(((mode, hello), slot)) = accepting.await else {
+    let Some((mode, hello, slot)) = accepting.await else {
         return;
     };
     info!("New connection from {peer}");

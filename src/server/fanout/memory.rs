@@ -43,8 +43,9 @@ impl MemoryFanout {
         }
     }
 
-    /// Rooms that have a channel (someone follows them), for tests.
-    pub fn open_rooms(&self) -> usize {
+    /// Rooms that have a channel (someone follows them).
+    #[cfg(test)]
+    fn open_rooms(&self) -> usize {
         lock(&self.rooms)
             .channels
             .values()
