@@ -187,6 +187,9 @@ pub struct RoomInfo {
     pub name: String,
     /// How many connections are in it.
     pub members: usize,
+    /// The id of its last message, when the server knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<u64>,
 }
 
 fn is_false(value: &bool) -> bool {

@@ -219,11 +219,13 @@ async fn who_rooms_and_help() {
             rooms: vec![
                 RoomInfo {
                     name: "lobby".into(),
-                    members: 2
+                    members: 2,
+                    last: None,
                 },
                 RoomInfo {
                     name: "rust".into(),
-                    members: 1
+                    members: 1,
+                    last: None,
                 },
             ],
             more: 0,

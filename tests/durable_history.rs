@@ -24,6 +24,23 @@ async fn healthz(url: &str) -> u16 {
     .await
 }
 
+/// The server's `/metrics` text.
+async fn metrics(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr_of(url))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    within("metrics", stream.read_to_string(&mut answer))
+        .await
+        .expect("read");
+    answer
+}
+
 /// A JSON peer past its welcome, named `nick`; returns it and the epoch.
 async fn json_peer(url: &str, nick: &str) -> (Peer, u64) {
     let (mut peer, epoch) = Peer::json_joined(url).await;
@@ -328,6 +345,19 @@ async fn a_full_disk_answers_unavailable_and_503_until_it_has_room_again() {
     })
     .await;
     assert_eq!(healthz(&url).await, 503);
+    // The failed write is counted for /metrics, with the write latencies.
+    let metrics = metrics(&url).await;
+    let errors = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wschat_backend_errors_total{backend=\"sqlite\"} "))
+        .expect("backend error counter");
+    assert_ne!(errors, "0", "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wschat_backend_write_seconds_bucket{backend=\"sqlite\"")),
+        "{metrics}"
+    );
 
     std::fs::remove_file(filler).expect("free the disk");
     within("healthz to answer 200 again", async {

@@ -30,7 +30,7 @@ proptest! {
     fn arbitrary_bytes_get_a_decision(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let decision = decide(&bytes, &locked());
         let code = status(&decision);
-        prop_assert!([101, 200, 400, 401, 403, 404, 405, 426, 431].contains(&code));
+        prop_assert!([101, 200, 304, 400, 401, 403, 404, 405, 426, 431].contains(&code));
         if let Decision::Respond(refusal) = decision {
             prop_assert!(refusal.response.starts_with(b"HTTP/1.1 "));
         }

@@ -10,6 +10,7 @@ use wschat::config::DbSync;
 use wschat::server::ConnId;
 use wschat::server::fanout::{Fanout, MemoryFanout, RoomFeed};
 use wschat::server::history::{History, MemoryHistory, NewMessage, Since, SqliteHistory, Stamp};
+use wschat::server::metrics::BackendMetrics;
 
 const ORIGIN: ConnId = ConnId { node: 7, seq: 1 };
 
@@ -114,7 +115,14 @@ async fn memory_history_keeps_only_its_capacity() {
 }
 
 fn open(path: &std::path::Path, retain: u64, fanout: Arc<dyn Fanout>) -> SqliteHistory {
-    SqliteHistory::open(path, retain, DbSync::Normal, fanout).expect("open")
+    SqliteHistory::open(
+        path,
+        retain,
+        DbSync::Normal,
+        fanout,
+        BackendMetrics::new("sqlite"),
+    )
+    .expect("open")
 }
 
 #[tokio::test]

@@ -522,7 +522,7 @@ async fn garbage_on_the_port_gets_http_errors_and_the_server_keeps_going() {
         400
     );
     assert_eq!(
-        http_request(addr, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await,
+        http_request(addr, "GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n").await,
         426
     );
     assert_eq!(

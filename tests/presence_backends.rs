@@ -52,6 +52,7 @@ async fn presence_suite(presence: &dyn Presence) {
     let room = |name: &str, members| RoomInfo {
         name: name.into(),
         members,
+        last: None,
     };
     assert_eq!(
         presence.rooms().await.expect("rooms"),

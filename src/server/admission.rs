@@ -37,6 +37,7 @@ pub struct Admission {
     handshakes: Arc<Semaphore>,
     max_handshakes: usize,
     slots: Arc<Semaphore>,
+    max_connections: usize,
     max_per_ip: usize,
     /// A full budget as each address starts with (`None`: no budget).
     budget: Option<TokenBucket>,
@@ -105,6 +106,7 @@ impl Admission {
             handshakes: Arc::new(Semaphore::new(max_handshakes)),
             max_handshakes,
             slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
             max_per_ip,
             budget: None,
             addresses: Mutex::new(Addresses::default()),
@@ -117,6 +119,11 @@ impl Admission {
     pub fn with_budget(mut self, rate: u32, burst: u32) -> Self {
         self.budget = TokenBucket::new(rate, burst);
         self
+    }
+
+    /// How many connections hold a slot.
+    pub fn connections(&self) -> usize {
+        self.max_connections - self.slots.available_permits()
     }
 
     /// Takes one request from `ip`'s budget; `false` when it is spent.

@@ -22,8 +22,8 @@ use super::presence::{Mailbox, Member, PrivateMessage};
 use super::{ConnId, Shared};
 use crate::limit::TokenBucket;
 use crate::protocol::{
-    DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, ServerFrame, cap_list, clean_text,
-    normalize_room, now_ms, validate_nick,
+    DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, RoomInfo, ServerFrame, cap_list,
+    clean_text, normalize_room, now_ms, validate_nick,
 };
 
 /// Answers for the connection that sent a command, in order.
@@ -274,7 +274,13 @@ impl Conn {
             Request::Rooms => match shared.presence.rooms().await {
                 Ok(mut rooms) => out.push(ServerFrame::Rooms {
                     more: cap_list(&mut rooms),
-                    rooms,
+                    rooms: rooms
+                        .into_iter()
+                        .map(|info| RoomInfo {
+                            last: shared.fanout.last_id(&info.name),
+                            ..info
+                        })
+                        .collect(),
                 }),
                 Err(rejection) => out.push(ServerFrame::error(rejection, None)),
             },
@@ -310,8 +316,12 @@ impl Conn {
             cid: cid.clone(),
         };
         let history = shared.history.clone();
+        let stored = shared.metrics.messages_total.clone();
         let mut storing: Storing = Box::pin(async move {
-            let err = history.append(message).await.err()?;
+            let Err(err) = history.append(message).await else {
+                stored.inc();
+                return None;
+            };
             let rejection = Rejection::new(
                 ErrorCode::Unavailable,
                 format!("{err}; the message was not delivered"),
@@ -367,6 +377,7 @@ impl Conn {
             return Ok(());
         };
         self.refused_in_a_row += 1;
+        shared.metrics.rate_limited_total.inc();
         Err(Rejection::new(ErrorCode::RateLimited, refused))
     }
 

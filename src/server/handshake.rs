@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::admission::{Admitted, Arriving, Full};
-use super::{Shared, lock};
+use super::{Shared, lock, metrics, web};
 use crate::config::ServerConfig;
 use crate::protocol::{Mode, SUBPROTOCOL};
 
@@ -73,7 +73,29 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = timeout(within, send(stream, &response)).await;
             return None;
         }
+        Decision::Metrics => {
+            let body = shared.metrics.render(shared.snapshot());
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+                metrics::CONTENT_TYPE,
+                body.len()
+            );
+            let _ = timeout(within, send(stream, response.as_bytes())).await;
+            return None;
+        }
+        Decision::Asset { head, body } => {
+            let _ = timeout(within, async {
+                stream.write_all(&head).await?;
+                if let Some(body) = body {
+                    stream.write_all(body).await?;
+                }
+                stream.flush().await
+            })
+            .await;
+            return None;
+        }
         Decision::Respond(refusal) => {
+            shared.metrics.rejected(refusal.status);
             shared.refusals.log(peer, &refusal);
             let _ = timeout(within, send(stream, &refusal.response)).await;
             return None;
@@ -92,6 +114,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 let mut refusal = refusal(503, "Service Unavailable", "", why);
                 refusal.origin = origin;
+                shared.metrics.rejected(503);
                 shared.refusals.log(peer, &refusal);
                 let _ = timeout(within, send(stream, &refusal.response)).await;
                 return None;
@@ -332,6 +355,15 @@ pub enum Decision {
     },
     /// Answer `/healthz` with the server's health.
     Health,
+    /// Answer `/metrics` (the token, if any, was checked).
+    Metrics,
+    /// Serve a file of the web client.
+    Asset {
+        /// The response head (200, or 304 when the client has it already).
+        head: Vec<u8>,
+        /// The body to send after it, if any.
+        body: Option<&'static [u8]>,
+    },
     /// Answer with a plain HTTP response and close.
     Respond(Refusal),
 }
@@ -379,7 +411,7 @@ impl Decision {
     pub fn status(&self) -> u16 {
         match self {
             Decision::Upgrade { .. } => 101,
-            Decision::Health => 200,
+            Decision::Health | Decision::Metrics | Decision::Asset { .. } => 200,
             Decision::Respond(refusal) => refusal.status,
         }
     }
@@ -520,9 +552,44 @@ pub fn decide(head: &[u8], policy: &Policy) -> Decision {
     match &mut decision {
         Decision::Respond(refusal) => refusal.origin = origin,
         Decision::Upgrade { origin: slot, .. } => *slot = origin,
-        Decision::Health => {}
+        Decision::Health | Decision::Metrics | Decision::Asset { .. } => {}
     }
     decision
+}
+
+/// Answers a plain HTTP request (no upgrade): the web client's files,
+/// `/healthz`, `/metrics`.
+fn serve<'h>(
+    path: &str,
+    target: &str,
+    header: &dyn Fn(&str) -> Option<&'h str>,
+    policy: &Policy,
+) -> Decision {
+    match path {
+        "/healthz" => Decision::Health,
+        "/metrics" if policy.authorized(header("authorization"), target) => Decision::Metrics,
+        "/metrics" => refuse(
+            401,
+            "Unauthorized",
+            "WWW-Authenticate: Bearer realm=\"wschat\"\r\n",
+            "a token is required: send Authorization: Bearer TOKEN or ?token=TOKEN",
+        ),
+        "/ws" => respond(
+            426,
+            "Upgrade Required",
+            "this is a wschat WebSocket endpoint: connect with a WebSocket client",
+        ),
+        _ => match web::find(path) {
+            Some(asset) => {
+                let (head, with_body) = web::response_head(asset, header("if-none-match"));
+                Decision::Asset {
+                    head,
+                    body: with_body.then_some(asset.body),
+                }
+            }
+            None => respond(404, "Not Found", "not found"),
+        },
+    }
 }
 
 /// [`decide`] for a parsed request; `header` looks one up by name.
@@ -562,17 +629,11 @@ fn route<'h>(
     let path = target.split(['?', '#']).next().unwrap_or("/");
     let is_upgrade = header("upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
 
-    match path {
-        "/healthz" if !is_upgrade => return Decision::Health,
-        "/" | "/ws" => {}
-        _ => return respond(404, "Not Found", "not found"),
-    }
     if !is_upgrade {
-        return respond(
-            426,
-            "Upgrade Required",
-            "this is a wschat WebSocket endpoint: connect with a WebSocket client",
-        );
+        return serve(path, target, header, policy);
+    }
+    if !matches!(path, "/" | "/ws") {
+        return respond(404, "Not Found", "not found");
     }
     if host.is_none() {
         return respond(400, "Bad Request", "missing Host");
@@ -872,7 +933,11 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_an_upgrade() {
-        assert_eq!(status(&decide(&request(&["GET / HTTP/1.1"]), &open())), 426);
+        assert_eq!(
+            status(&decide(&request(&["GET /ws HTTP/1.1"]), &open())),
+            426
+        );
+        assert_eq!(status(&decide(&request(&["GET / HTTP/1.1"]), &open())), 200);
         assert_eq!(
             status(&decide(&request(&["GET /healthz HTTP/1.1"]), &open())),
             200

@@ -11,8 +11,10 @@ pub mod fanout;
 pub mod frames;
 pub mod handshake;
 pub mod history;
+pub mod metrics;
 pub mod presence;
 mod session;
+pub mod web;
 pub mod wire;
 
 use std::fmt;
@@ -32,6 +34,7 @@ use crate::error::{Error, Result, describe_io};
 use admission::Admission;
 use fanout::{Fanout, MemoryFanout};
 use history::{History, MemoryHistory, SqliteHistory};
+use metrics::{BackendMetrics, Metrics, Snapshot};
 use presence::{MemoryPresence, Presence};
 
 /// Pending connections the kernel queues for us; connect bursts overflow 128.
@@ -72,6 +75,8 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// Refused handshakes, logged at a bounded rate.
     pub refusals: handshake::RefusalLog,
+    /// What `/metrics` reports.
+    pub metrics: Arc<Metrics>,
     node: u64,
     next_seq: AtomicU64,
 }
@@ -83,16 +88,22 @@ impl Shared {
     /// When the history database cannot be used.
     fn open(config: ServerConfig, local: SocketAddr) -> Result<Self> {
         let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.max_lag));
-        let history: Arc<dyn History> = match &config.db {
-            Some(path) => Arc::new(
-                SqliteHistory::open(path, config.retain, config.db_sync, fanout.clone()).map_err(
-                    |source| Error::Database {
-                        path: path.clone(),
-                        source,
-                    },
-                )?,
+        let backend = config.db.as_ref().map(|_| BackendMetrics::new("sqlite"));
+        let history: Arc<dyn History> = match (&config.db, &backend) {
+            (Some(path), Some(backend)) => Arc::new(
+                SqliteHistory::open(
+                    path,
+                    config.retain,
+                    config.db_sync,
+                    fanout.clone(),
+                    backend.clone(),
+                )
+                .map_err(|source| Error::Database {
+                    path: path.clone(),
+                    source,
+                })?,
             ),
-            None => Arc::new(MemoryHistory::new(config.history, fanout.clone())),
+            _ => Arc::new(MemoryHistory::new(config.history, fanout.clone())),
         };
         let (rate_per_ip, burst_per_ip) = config.budget_per_ip();
         Ok(Self {
@@ -109,6 +120,7 @@ impl Shared {
                 .with_budget(rate_per_ip, burst_per_ip),
             ),
             refusals: handshake::RefusalLog::default(),
+            metrics: Arc::new(Metrics::new(backend)),
             node: fastrand::u64(..),
             next_seq: AtomicU64::new(1),
             config,
@@ -125,6 +137,15 @@ impl Shared {
     /// `None` when the server can serve; otherwise why not (for `/healthz`).
     pub fn trouble(&self) -> Option<String> {
         self.history.trouble()
+    }
+
+    /// The values `/metrics` reads from where they are kept.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            connections: self.admission.connections() as u64,
+            rooms: self.presence.room_count() as u64,
+            log_lines_dropped: crate::logging::dropped_lines(),
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use super::commands::{Conn, FLOODING_AFTER, Replies, Storing};
 use super::fanout::{Delivery, FeedError};
 use super::frames::{FrameReader, Incoming, Violation};
 use super::handshake::{self, Hello};
+use super::metrics::Tally;
 use super::presence::Mailbox;
 use super::wire::{Transport, Wire};
 use crate::protocol::{ErrorCode, Mode, Rejection, Request, ServerFrame, parse_json, parse_plain};
@@ -77,6 +78,7 @@ pub(super) async fn serve<S: Transport>(
         return;
     };
     info!("New connection from {peer}");
+    shared.metrics.connections_total.inc();
     // Boxed, like every command below: a future is part of the task for as
     // long as the task lives, and idle connections should not carry the
     // size of the largest command.
@@ -186,6 +188,8 @@ struct Session<S> {
     /// plain queue (empty, it allocates nothing): stores finish in the
     /// order they were asked for, so only the oldest needs polling.
     storing: VecDeque<Storing>,
+    /// Events delivered, for `/metrics`.
+    delivered: Tally,
 }
 
 impl<S: Transport> Session<S> {
@@ -212,6 +216,7 @@ impl<S: Transport> Session<S> {
         .await;
         let mut session = Self {
             conn,
+            delivered: shared.metrics.tally(),
             reader: FrameReader::new(shared.config.max_frame_bytes),
             shared,
             wire,
@@ -341,6 +346,7 @@ impl<S: Transport> Session<S> {
             if self.behind() {
                 return self.too_slow(FeedError::Lagged(0), shutdown).await;
             }
+            self.delivered.publish();
             if let Err(err) = self.try_flush().await {
                 return Ended::Because(err.to_string());
             }
@@ -391,6 +397,7 @@ impl<S: Transport> Session<S> {
             FeedError::Closed => return Ended::Because("room closed".into()),
         };
         let behind = self.wire.queued() as u64 + skipped;
+        self.shared.metrics.slow_closes_total.inc();
         self.conn.leave();
         self.wire.push_close(Some(TRY_AGAIN_LATER), "too slow");
         tokio::select! {
@@ -447,11 +454,13 @@ impl<S: Transport> Session<S> {
                 Mode::Plain => return,
                 Mode::Json => {
                     if let Some(ack) = delivery.acknowledgement() {
+                        self.delivered.add();
                         return self.wire.push_text(ack.to_json().as_bytes());
                     }
                 }
             }
         }
+        self.delivered.add();
         self.queue(delivery.wire(self.conn.mode));
     }
 

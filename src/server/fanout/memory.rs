@@ -6,6 +6,7 @@
 //! dead reference) is swept out as new rooms are opened.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::broadcast;
@@ -14,7 +15,12 @@ use super::{Delivery, Fanout, RoomFeed};
 use crate::server::lock;
 
 /// A room's channel, shared by the feeds that follow it.
-pub(super) type Channel = broadcast::Sender<Arc<Delivery>>;
+#[derive(Debug)]
+pub(super) struct Channel {
+    tx: broadcast::Sender<Arc<Delivery>>,
+    /// The id of the last message published (0: none yet).
+    last: AtomicU64,
+}
 
 /// Rooms' channels, created on first use and gone with their last follower.
 #[derive(Debug)]
@@ -58,15 +64,27 @@ impl Fanout for MemoryFanout {
     fn publish(&self, room: &str, event: Arc<Delivery>) {
         let channel = lock(&self.rooms).channels.get(room).and_then(Weak::upgrade);
         if let Some(channel) = channel {
+            if let Some(id) = event.id() {
+                channel.last.fetch_max(id, Ordering::Relaxed);
+            }
             // An error only means nobody is subscribed right now.
-            let _ = channel.send(event);
+            let _ = channel.tx.send(event);
         }
+    }
+
+    fn last_id(&self, room: &str) -> Option<u64> {
+        let channel = lock(&self.rooms)
+            .channels
+            .get(room)
+            .and_then(Weak::upgrade)?;
+        let last = channel.last.load(Ordering::Relaxed);
+        (last > 0).then_some(last)
     }
 
     fn subscribe(&self, room: &str) -> RoomFeed {
         let mut rooms = lock(&self.rooms);
         if let Some(channel) = rooms.channels.get(room).and_then(Weak::upgrade) {
-            let rx = channel.subscribe();
+            let rx = channel.tx.subscribe();
             return RoomFeed::new(rx, channel);
         }
         if rooms.channels.len() >= rooms.sweep_at {
@@ -74,7 +92,10 @@ impl Fanout for MemoryFanout {
             rooms.sweep_at = (rooms.channels.len() * 2).max(SWEEP_MIN);
         }
         let (tx, rx) = broadcast::channel(self.capacity);
-        let channel = Arc::new(tx);
+        let channel = Arc::new(Channel {
+            tx,
+            last: AtomicU64::new(0),
+        });
         rooms.channels.insert(room.into(), Arc::downgrade(&channel));
         RoomFeed::new(rx, channel)
     }

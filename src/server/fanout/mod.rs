@@ -32,6 +32,10 @@ pub trait Fanout: Send + Sync + fmt::Debug {
 
     /// Follows `room` from now on.
     fn subscribe(&self, room: &str) -> RoomFeed;
+
+    /// The id of the last message published to `room` since it last had
+    /// followers, if known (for unread counts in `rooms` answers).
+    fn last_id(&self, room: &str) -> Option<u64>;
 }
 
 /// One event on its way to a room's members, pre-rendered for both modes.
@@ -110,10 +114,7 @@ pub struct RoomFeed {
 }
 
 impl RoomFeed {
-    pub(crate) fn new(
-        rx: broadcast::Receiver<Arc<Delivery>>,
-        channel: Arc<memory::Channel>,
-    ) -> Self {
+    fn new(rx: broadcast::Receiver<Arc<Delivery>>, channel: Arc<memory::Channel>) -> Self {
         Self {
             rx,
             _channel: channel,

@@ -32,6 +32,7 @@ use crate::config::DbSync;
 use crate::protocol::now_ms;
 use crate::server::fanout::{Delivery, Fanout};
 use crate::server::lock;
+use crate::server::metrics::BackendMetrics;
 
 /// The schema this build writes; older files are migrated on open.
 const SCHEMA_VERSION: i64 = 1;
@@ -148,6 +149,7 @@ impl SqliteHistory {
         retain: u64,
         sync: DbSync,
         fanout: Arc<dyn Fanout>,
+        metrics: BackendMetrics,
     ) -> Result<Self, HistoryError> {
         survive_file_size_limit()?;
         let mut writer = Connection::open_with_flags(
@@ -199,6 +201,7 @@ impl SqliteHistory {
             health: health.clone(),
             pruned_at: None,
             report: Report::default(),
+            metrics,
         };
         std::thread::Builder::new()
             .name("wschat-history".into())
@@ -337,6 +340,7 @@ struct Writer {
     /// When rooms were last pruned; `None` prunes after the first write.
     pruned_at: Option<Instant>,
     report: Report,
+    metrics: BackendMetrics,
 }
 
 impl Writer {
@@ -371,7 +375,12 @@ impl Writer {
     /// it, or refuses all of it.
     fn commit(&mut self, batch: Vec<(NewMessage, Done)>) {
         let ts = now_ms();
-        match self.write(&batch, ts) {
+        let started = Instant::now();
+        let written = self.write(&batch, ts);
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        match written {
             Ok((stamps, touched)) => {
                 self.rooms.extend(touched);
                 self.report.count(stamps.len());
@@ -388,6 +397,7 @@ impl Writer {
             }
             Err(err) => {
                 let reason = describe(&err);
+                self.metrics.errors.inc();
                 self.health.fail(reason.clone());
                 for (_, done) in batch {
                     let _ = done.send(Err(HistoryError::Unavailable(reason.clone())));

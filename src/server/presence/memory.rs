@@ -87,6 +87,7 @@ impl MemoryPresence {
             .map(|(name, members)| RoomInfo {
                 name: name.to_owned(),
                 members,
+                last: None,
             })
             .collect()
     }
