@@ -54,6 +54,9 @@
     epochs: store.get("epochs", {}), // room -> epoch of lastSeen
     resume: null,
     pending: new Map(), // cid -> {text, to, element}
+    members: new Set(), // the current room's members
+    membersMore: 0, // members the server did not list
+    limits: null, // the server's pace, from its welcome
     nextCid: 1,
     sent: [], // lines typed, for Up/Down
     recall: -1,
@@ -116,15 +119,32 @@
   // Puts an element into a room's transcript: a message by its id (a
   // replayed older one goes before the first later one), anything else at
   // the end. Only the current room's transcript is in the document.
-  function place(roomName, key, id, el) {
+  function place(roomName, key, id, el, epoch) {
     const room = roomState(roomName);
     if (room.items.has(key)) return false;
     room.items.set(key, el);
     let at = room.order.length;
     if (id !== null) {
+      if (room.epoch !== epoch) {
+        // The server lost this room's history: ids start again.
+        if (room.epoch !== undefined && room.order.length > 0) {
+          const divider = document.createElement("div");
+          divider.className = "divider";
+          divider.textContent = "the server's history starts again here";
+          room.order.push(divider);
+          if (roomName === state.room) log.append(divider);
+          at = room.order.length;
+        }
+        room.epoch = epoch;
+        room.first = null;
+        room.last = undefined;
+      }
       el.dataset.id = id;
+      el.dataset.epoch = epoch;
       if (room.last !== undefined && id < room.last) {
-        at = room.order.findIndex((other) => other.dataset.id !== undefined && Number(other.dataset.id) > id);
+        at = room.order.findIndex(
+          (other) => other.dataset.epoch === String(epoch) && Number(other.dataset.id) > id,
+        );
         if (at < 0) at = room.order.length;
       }
       room.last = Math.max(room.last ?? id, id);
@@ -148,6 +168,11 @@
   }
 
   function showRoom(name) {
+    const left = state.room;
+    if (left !== name && state.lastSeen[left] === undefined && state.epoch !== null) {
+      // Nothing was said while we were there: everything after is unread.
+      seen(left, 0, state.roomEpoch[left] ?? state.epoch);
+    }
     state.room = name;
     store.set("room", name);
     state.known.add(name);
@@ -161,8 +186,9 @@
     updateEarlier();
     renderRooms();
     updateTitle();
-    $("members").replaceChildren();
-    $("members-more").hidden = true;
+    state.members = new Set();
+    state.membersMore = 0;
+    renderMembers();
   }
 
   function updateEarlier() {
@@ -203,7 +229,9 @@
     $("rooms").replaceChildren(...items);
   }
 
-  function renderMembers(nicks, more) {
+  function renderMembers() {
+    const more = state.membersMore;
+    const nicks = [...state.members].sort((a, b) => a.toLowerCase().localeCompare(b.toLowerCase()));
     const items = nicks.map((nick) => {
       const button = document.createElement("button");
       button.type = "button";
@@ -257,8 +285,8 @@
       span("from", m.from),
       span("text", m.text),
     ]);
-    const added = place(m.room, "m" + m.id, m.id, el);
     const epoch = state.roomEpoch[m.room] ?? state.epoch;
+    const added = place(m.room, "m" + epoch + ":" + m.id, m.id, el, epoch);
     if (m.room === state.room) {
       seen(m.room, m.id, epoch);
       if (added && mention && document.hidden) {
@@ -298,8 +326,14 @@
   function onFrame(m) {
     switch (m.type) {
       case "welcome": {
+        note("info", state.welcomed ? "Reconnected" : m.text);
+        state.welcomed = true;
         state.online = true;
         state.backoff = 0;
+        state.limits = m.limits || null;
+        outbox.length = 0;
+        bucket.tokens = state.limits ? state.limits.rate_burst : 0;
+        bucket.at = performance.now();
         state.resume = m.resume || null;
         state.epoch = m.epoch;
         state.roomEpoch = {};
@@ -328,18 +362,26 @@
         break;
       case "joined":
         if (m.nick.toLowerCase() === state.nick.toLowerCase()) {
-          if (m.room !== state.room) showRoom(m.room);
-          send({ type: "who" });
-          send({ type: "rooms" });
+          if (m.room !== state.room) {
+            showRoom(m.room);
+            send({ type: "who" });
+            send({ type: "rooms" });
+          }
         } else {
           note("notice", m.nick + " joined #" + m.room, m.room);
-          if (m.room === state.room) send({ type: "who" });
+          if (m.room === state.room) {
+            state.members.add(m.nick);
+            renderMembers();
+          }
         }
         break;
       case "left":
         if (m.nick.toLowerCase() !== state.nick.toLowerCase()) {
           note("notice", m.nick + " left #" + m.room, m.room);
-          if (m.room === state.room) send({ type: "who" });
+          if (m.room === state.room) {
+            state.members.delete(m.nick);
+            renderMembers();
+          }
         }
         break;
       case "renamed":
@@ -352,7 +394,10 @@
         } else {
           note("notice", m.old + " is now known as " + m.new);
         }
-        send({ type: "who" });
+        if (state.members.delete(m.old)) {
+          state.members.add(m.new);
+          renderMembers();
+        }
         break;
       case "gap":
         state.roomEpoch[m.room] = m.epoch;
@@ -365,7 +410,11 @@
         }
         break;
       case "members":
-        if (m.room === state.room) renderMembers(m.nicks, m.more || 0);
+        if (m.room === state.room) {
+          state.members = new Set(m.nicks);
+          state.membersMore = m.more || 0;
+          renderMembers();
+        }
         if (state.resuming) {
           state.resuming = false;
           resendPending();
@@ -404,12 +453,40 @@
 
   // ---- sending ---------------------------------------------------------
 
+  // Requests go out through a queue that mirrors the server's token bucket
+  // (`limits` in its welcome), so the page is never refused for its own
+  // pace. A `who` or `rooms` already waiting is not queued twice.
+  const outbox = [];
+  const bucket = { tokens: 0, at: 0, timer: 0 };
+
   function send(frame) {
-    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
-      state.ws.send(JSON.stringify(frame));
-      return true;
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return false;
+    const refresh = frame.type === "who" || frame.type === "rooms";
+    if (!(refresh && outbox.some((queued) => queued.type === frame.type))) outbox.push(frame);
+    pump();
+    return true;
+  }
+
+  function pump() {
+    clearTimeout(bucket.timer);
+    const limits = state.limits;
+    while (outbox.length > 0) {
+      if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+        outbox.length = 0;
+        return;
+      }
+      if (limits && limits.rate > 0) {
+        const now = performance.now();
+        bucket.tokens = Math.min(limits.rate_burst, bucket.tokens + ((now - bucket.at) * limits.rate) / 10000);
+        bucket.at = now;
+        if (bucket.tokens < 1) {
+          bucket.timer = setTimeout(pump, ((1 - bucket.tokens) * 10000) / limits.rate + 5);
+          return;
+        }
+        bucket.tokens -= 1;
+      }
+      state.ws.send(JSON.stringify(outbox.shift()));
     }
-    return false;
   }
 
   function transmit(cid, pending) {
@@ -497,13 +574,13 @@
   // ---- the connection --------------------------------------------------
 
   function socketUrl() {
-    const url = new URL("/", location.href);
-    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-    if (state.wantNick) url.searchParams.set("nick", state.wantNick);
-    url.searchParams.set("room", state.room);
-    if (state.resume && state.wantNick) url.searchParams.set("resume", state.resume);
-    if (state.token) url.searchParams.set("token", state.token);
-    return url.href;
+    // Percent-encoded, not form-encoded: the server reads "+" as itself.
+    const query = [["room", state.room]];
+    if (state.wantNick) query.push(["nick", state.wantNick]);
+    if (state.resume && state.wantNick) query.push(["resume", state.resume]);
+    if (state.token) query.push(["token", state.token]);
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return scheme + "//" + location.host + "/?" + query.map(([k, v]) => k + "=" + encodeURIComponent(v)).join("&");
   }
 
   function connect() {
