@@ -4,7 +4,8 @@
 //! - [`protocol`]: the wire format of both modes (plain text and JSON), names
 //!   and commands; pure functions, no I/O.
 //! - [`server`]: the accept loop and shutdown ([`server::run`]); inside it
-//!   `handshake` answers HTTP (WebSocket upgrade, `/healthz`), `admission`
+//!   `handshake` answers HTTP in one router (WebSocket upgrade, the web
+//!   client's files from `web`, `/healthz`, `/metrics` from `metrics`), `admission`
 //!   decides who gets in (handshake places, slots, per-address caps and
 //!   flood budgets), `session` runs
 //!   one task per peer (the select loop, lag, close), `commands` carries out
