@@ -2,23 +2,19 @@
 //!
 //! Counting stays off the hot path: events that happen once per message or
 //! per connection bump a shared counter, but deliveries (one per message per
-//! recipient) are counted by each connection in a word of its own and summed
-//! when `/metrics` is read. Values that something else already knows
+//! recipient) are counted by each connection in a plain integer, added to
+//! one of several cache lines once per turn of its loop, and summed when
+//! `/metrics` is read. Values that something else already knows
 //! (connections, rooms, lost log lines) are read at scrape time.
 //!
 //! The `prometheus` crate writes the classic text format (0.0.4), where a
 //! gauge `wschat_connections` and a counter `wschat_connections_total` can
 //! stand side by side; OpenMetrics would make them one family.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::core::Collector;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
-
-use super::lock;
 
 /// The server's counters.
 #[derive(Debug)]
@@ -119,9 +115,12 @@ impl Metrics {
             .inc();
     }
 
-    /// A new connection's delivery tally, counted until it is dropped.
-    pub fn tally(self: &Arc<Self>) -> Tally {
-        self.deliveries.open(self.clone())
+    /// Adds what `tally` counted to the total, and clears it.
+    pub fn add_deliveries(&self, tally: &mut Tally) {
+        if tally.count > 0 {
+            self.deliveries
+                .add(tally.shard, std::mem::take(&mut tally.count));
+        }
     }
 
     /// The text `/metrics` answers, with the values known elsewhere.
@@ -188,79 +187,59 @@ pub struct Snapshot {
     pub log_lines_dropped: u64,
 }
 
-/// Every open connection's delivery count, and the sum of the closed ones'.
+/// Delivery counts, spread over cache lines: a connection adds what it
+/// delivered in one turn of its loop to the line its id picks, so two
+/// cores seldom touch the same line, and nothing is allocated per
+/// connection. `/metrics` sums the lines.
 #[derive(Debug, Default)]
 struct Deliveries {
-    counts: Mutex<Counts>,
+    shards: [Shard; SHARDS],
 }
 
-#[derive(Debug, Default)]
-struct Counts {
-    open: HashMap<u64, Arc<Word>>,
-    next: u64,
-    closed: u64,
-}
+/// How many lines the delivery count is spread over.
+const SHARDS: usize = 16;
 
-/// A counter on a cache line of its own, so that connections on different
-/// cores never contend for one.
+/// A counter on a cache line of its own.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct Word(AtomicU64);
+struct Shard(AtomicU64);
 
 impl Deliveries {
-    fn open(&self, metrics: Arc<Metrics>) -> Tally {
-        let word = Arc::new(Word::default());
-        let mut counts = lock(&self.counts);
-        let key = counts.next;
-        counts.next += 1;
-        counts.open.insert(key, word.clone());
-        Tally {
-            word,
-            key,
-            metrics,
-            count: 0,
-        }
+    fn add(&self, shard: usize, count: u64) {
+        self.shards[shard % SHARDS]
+            .0
+            .fetch_add(count, Ordering::Relaxed);
     }
 
     fn sum(&self) -> u64 {
-        let counts = lock(&self.counts);
-        counts.closed
-            + counts
-                .open
-                .values()
-                .map(|w| w.0.load(Ordering::Relaxed))
-                .sum::<u64>()
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
-/// One connection's deliveries. Counted in a plain integer; published to
-/// its own word with [`Tally::publish`] (a plain store, once per turn of
-/// the session loop), and folded into the total when dropped.
-#[derive(Debug)]
+/// One connection's deliveries not yet added to the total: counted in a
+/// plain integer, added with [`Metrics::add_deliveries`] once per turn of
+/// the session loop (before what was queued is written).
+#[derive(Debug, Default)]
 pub struct Tally {
-    word: Arc<Word>,
-    key: u64,
-    metrics: Arc<Metrics>,
+    shard: usize,
     count: u64,
 }
 
 impl Tally {
+    /// A tally for the connection numbered `seq`.
+    pub fn new(seq: u64) -> Self {
+        Self {
+            shard: (seq % SHARDS as u64) as usize,
+            count: 0,
+        }
+    }
+
     /// Counts one delivery.
     pub fn add(&mut self) {
         self.count += 1;
-    }
-
-    /// Makes the count visible to `/metrics`.
-    pub fn publish(&self) {
-        self.word.0.store(self.count, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Tally {
-    fn drop(&mut self) {
-        let mut counts = lock(&self.metrics.deliveries.counts);
-        counts.open.remove(&self.key);
-        counts.closed += self.count;
     }
 }
 
@@ -269,18 +248,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deliveries_are_summed_over_open_and_closed_connections() {
-        let metrics = Arc::new(Metrics::new(None));
-        let mut a = metrics.tally();
-        let mut b = metrics.tally();
+    fn deliveries_are_summed_over_every_connection() {
+        let metrics = Metrics::new(None);
+        let mut a = Tally::new(1);
+        let mut b = Tally::new(2);
         a.add();
         a.add();
         b.add();
-        a.publish();
-        assert_eq!(metrics.deliveries.sum(), 2, "b has not published yet");
-        drop(b);
-        assert_eq!(metrics.deliveries.sum(), 3);
-        drop(a);
+        metrics.add_deliveries(&mut a);
+        assert_eq!(metrics.deliveries.sum(), 2, "b has not added its own yet");
+        metrics.add_deliveries(&mut b);
+        metrics.add_deliveries(&mut a);
         assert_eq!(metrics.deliveries.sum(), 3);
     }
 

@@ -84,6 +84,11 @@ pub(super) async fn serve<S: Transport>(
     // size of the largest command.
     let mut session = Box::pin(Session::start(Wire::new(stream), peer, mode, hello, shared)).await;
     let ended = session.run(&shutdown).await;
+    session
+        .shared
+        .clone()
+        .metrics
+        .add_deliveries(&mut session.delivered);
     drop(session);
     drop(slot);
     match ended {
@@ -216,7 +221,7 @@ impl<S: Transport> Session<S> {
         .await;
         let mut session = Self {
             conn,
-            delivered: shared.metrics.tally(),
+            delivered: Tally::new(id.seq),
             reader: FrameReader::new(shared.config.max_frame_bytes),
             shared,
             wire,
@@ -346,7 +351,7 @@ impl<S: Transport> Session<S> {
             if self.behind() {
                 return self.too_slow(FeedError::Lagged(0), shutdown).await;
             }
-            self.delivered.publish();
+            self.shared.metrics.add_deliveries(&mut self.delivered);
             if let Err(err) = self.try_flush().await {
                 return Ended::Because(err.to_string());
             }
