@@ -367,6 +367,28 @@ async fn chat_in_the_page_with_a_raw_client() {
         "alice: look"
     );
 
+    // While the tab is in the background, mentions are counted in its
+    // title; coming back clears the count.
+    browser
+        .eval("Object.defineProperty(document, 'hidden', {value: true, configurable: true}); return null;")
+        .await;
+    raw.send(&json!({"type": "say", "text": "alice, are you there?"}).to_string())
+        .await;
+    raw.send(&json!({"type": "say", "text": "not a mention"}).to_string())
+        .await;
+    browser.expect_line("rawbob not a mention").await;
+    assert_eq!(
+        browser.eval("return document.title;").await,
+        "(1) #lobby · wschat"
+    );
+    browser
+        .eval("delete document.hidden; document.dispatchEvent(new Event('visibilitychange')); return null;")
+        .await;
+    assert_eq!(
+        browser.eval("return document.title;").await,
+        "#lobby · wschat"
+    );
+
     // A private message both ways.
     browser.type_message("/msg rawbob psst").await;
     let private = within("the private message", async {

@@ -140,6 +140,25 @@ async fn metrics_move_with_real_traffic() {
     ] {
         assert_eq!(sample(&text, series), 0.0, "{series} at start");
     }
+    // Every sample line is `name[{labels}] value` of a typed family.
+    let mut typed = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            typed.push(family.to_owned());
+        } else if !line.starts_with("# HELP ") {
+            let (series, value) = line.rsplit_once(' ').expect("name value");
+            value.parse::<f64>().expect("a number");
+            let name = series.split('{').next().unwrap_or_default();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|f| typed.iter().any(|t| t == f))
+                .unwrap_or(name);
+            assert!(typed.iter().any(|t| t == family), "untyped sample {line}");
+        }
+    }
     // Every family is typed, as the text format wants.
     for (family, kind) in [
         ("wschat_connections", "gauge"),
