@@ -415,6 +415,32 @@ async fn chat_in_the_page_with_a_raw_client() {
     );
     input.clear().await.expect("clear");
 
+    // Tab completes a member's nick.
+    input.send_keys("raw\u{E004}").await.expect("tab");
+    assert_eq!(
+        browser
+            .eval("return document.querySelector('textarea').value;")
+            .await,
+        "rawbob: "
+    );
+    input.clear().await.expect("clear");
+
+    // Web addresses become links (built as elements); nothing else does.
+    raw.send(
+        &json!({"type": "say", "text": "docs: https://example.com/a?b=1, not javascript:alert(1)"})
+            .to_string(),
+    )
+    .await;
+    browser
+        .expect_line("rawbob docs: https://example.com/a?b=1, not javascript:alert(1)")
+        .await;
+    assert_eq!(
+        browser
+            .eval("return [...document.querySelectorAll('[role=log] a')].map(a => a.href + ' ' + a.rel).join('|');")
+            .await,
+        "https://example.com/a?b=1 noopener noreferrer"
+    );
+
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.close().await;
     server.stop().await;

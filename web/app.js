@@ -57,6 +57,7 @@
     members: new Set(), // the current room's members
     membersMore: 0, // members the server did not list
     limits: null, // the server's pace, from its welcome
+    echo: { who: false, rooms: false }, // show the next answer (the user asked)
     nextCid: 1,
     sent: [], // lines typed, for Up/Down
     recall: -1,
@@ -81,12 +82,45 @@
     return room;
   }
 
+  // Local time; messages from another day also show the date.
   function time(ts) {
     const el = document.createElement("time");
     const date = new Date(ts);
     el.dateTime = date.toISOString();
-    el.textContent = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const clock = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const today = date.toDateString() === new Date().toDateString();
+    el.textContent = today ? clock : date.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + clock;
     el.title = date.toLocaleString();
+    return el;
+  }
+
+  // Message text with its web addresses made links (built as elements,
+  // never parsed as HTML; only http and https become links).
+  function richText(text) {
+    const el = document.createElement("span");
+    el.className = "text";
+    const url = /\bhttps?:\/\/[^\s<>"]+[^\s<>".,;:!?)\]'}]/g;
+    let at = 0;
+    for (const match of text.matchAll(url)) {
+      el.append(text.slice(at, match.index));
+      const link = document.createElement("a");
+      link.href = match[0];
+      link.textContent = match[0];
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      el.append(link);
+      at = match.index + match[0].length;
+    }
+    el.append(text.slice(at));
+    return el;
+  }
+
+  // A nick in one of eight colours, the same one every time.
+  function nickSpan(nick, suffix = "") {
+    const el = span("from", nick + suffix);
+    let hash = 0;
+    for (const c of nick.toLowerCase()) hash = (hash * 31 + c.codePointAt(0)) >>> 0;
+    el.classList.add("c" + (hash % 8));
     return el;
   }
 
@@ -282,8 +316,8 @@
     const mention = !mine && mentions(m.text);
     const el = line("message" + (mention ? " mention" : "") + (mine ? " self" : ""), [
       time(m.ts),
-      span("from", m.from),
-      span("text", m.text),
+      nickSpan(m.from),
+      richText(m.text),
     ]);
     const epoch = state.roomEpoch[m.room] ?? state.epoch;
     const added = place(m.room, "m" + epoch + ":" + m.id, m.id, el, epoch);
@@ -314,7 +348,7 @@
       time(m.ts),
       span("tag", "private"),
       span("from", m.from + (m.to && m.from.toLowerCase() === state.nick.toLowerCase() ? " → " + m.to : "")),
-      span("text", m.text),
+      richText(m.text),
     ]);
     place(state.room, "p" + m.ts + m.from + Math.random(), null, el);
     if (document.hidden) {
@@ -410,6 +444,11 @@
         }
         break;
       case "members":
+        if (state.echo.who) {
+          state.echo.who = false;
+          const more = m.more ? " and " + m.more + " more" : "";
+          note("notice", m.nicks.length + (m.more || 0) + " in #" + m.room + ": " + m.nicks.join(", ") + more);
+        }
         if (m.room === state.room) {
           state.members = new Set(m.nicks);
           state.membersMore = m.more || 0;
@@ -421,6 +460,11 @@
         }
         break;
       case "rooms":
+        if (state.echo.rooms) {
+          state.echo.rooms = false;
+          const list = m.rooms.map((r) => r.name + " (" + r.members + ")").join(", ");
+          note("notice", "rooms: " + list + (m.more ? " and " + m.more + " more" : ""));
+        }
         state.listed = new Map(m.rooms.map((r) => [r.name, r]));
         renderRooms();
         break;
@@ -502,7 +546,7 @@
     const cid = "w" + Date.now().toString(36) + "-" + state.nextCid++;
     const parts = to
       ? [time(Date.now()), span("tag", "private"), span("from", (state.nick || "you") + " → " + to), span("text", text)]
-      : [time(Date.now()), span("from", state.nick || "you"), span("text", text)];
+      : [time(Date.now()), nickSpan(state.nick || "you"), richText(text)];
     const element = line((to ? "private" : "message self") + " pending", parts);
     const key = "c" + cid;
     place(state.room, key, null, element);
@@ -526,37 +570,17 @@
         return say(match[2], match[1]);
       }
       case "who":
-        return send({ type: "who" }) && showWho();
+        state.echo.who = send({ type: "who" });
+        return undefined;
       case "rooms":
-        return send({ type: "rooms" }) && showRooms();
+        state.echo.rooms = send({ type: "rooms" });
+        return undefined;
       case "help":
         for (const text of HELP) note("info", text);
         return undefined;
       default:
         return note("error", "unknown command /" + name + " (try /help)");
     }
-  }
-
-  // `/who` and `/rooms` typed by the user are also shown in the transcript.
-  let echoWho = false;
-  let echoRooms = false;
-  function showWho() {
-    echoWho = true;
-  }
-  function showRooms() {
-    echoRooms = true;
-  }
-  const handle = onFrame;
-  function onFrameWithEcho(m) {
-    if (m.type === "members" && echoWho) {
-      echoWho = false;
-      note("notice", m.nicks.length + (m.more || 0) + " in #" + m.room + ": " + m.nicks.join(", ") + (m.more ? " and " + m.more + " more" : ""));
-    }
-    if (m.type === "rooms" && echoRooms) {
-      echoRooms = false;
-      note("notice", "rooms: " + m.rooms.map((r) => r.name + " (" + r.members + ")").join(", ") + (m.more ? " and " + m.more + " more" : ""));
-    }
-    handle(m);
   }
 
   function join(name) {
@@ -598,7 +622,7 @@
       } catch {
         return;
       }
-      onFrameWithEcho(frame);
+      onFrame(frame);
     };
     ws.onclose = (event) => {
       if (state.ws !== ws) return;
@@ -670,7 +694,9 @@
     else say(text);
   });
   input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    if (event.key === "Tab" && !event.shiftKey && completeNick()) {
+      event.preventDefault();
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       $("send-form").requestSubmit();
     } else if (event.key === "ArrowUp" && !input.value.slice(0, input.selectionStart).includes("\n")) {
@@ -687,6 +713,35 @@
       autosize();
     }
   });
+  // Tab completes the nick being typed from the room's members (a second
+  // Tab offers the next match); at the start of the line it adds ": ".
+  const completion = { matches: [], next: 0, start: 0, end: -1 };
+  function completeNick() {
+    const caret = input.selectionStart;
+    if (caret !== input.selectionEnd) return false;
+    if (caret !== completion.end) {
+      const word = input.value.slice(0, caret).match(/[A-Za-z0-9_-]*$/)[0];
+      if (!word) return false;
+      const lower = word.toLowerCase();
+      completion.start = caret - word.length;
+      completion.matches = [...state.members]
+        .filter((nick) => nick.toLowerCase().startsWith(lower) && nick !== state.nick)
+        .sort((a, b) => a.toLowerCase().localeCompare(b.toLowerCase()));
+      completion.next = 0;
+    }
+    if (completion.matches.length === 0) return false;
+    const nick = completion.matches[completion.next % completion.matches.length];
+    completion.next += 1;
+    const suffix = completion.start === 0 ? ": " : " ";
+    input.value = input.value.slice(0, completion.start) + nick + suffix + input.value.slice(caret);
+    completion.end = completion.start + nick.length + suffix.length;
+    input.setSelectionRange(completion.end, completion.end);
+    return true;
+  }
+  input.addEventListener("input", () => {
+    completion.end = -1;
+  });
+
   function autosize() {
     input.style.height = "auto";
     input.style.height = Math.min(input.scrollHeight + 2, 128) + "px";
