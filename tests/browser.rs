@@ -244,6 +244,15 @@ impl Browser {
             .expect("type");
     }
 
+    /// Waits until the status says the page is connected.
+    async fn online(&self, what: &str) {
+        self.until(
+            what,
+            "document.querySelector('[role=status]').dataset.state === 'online'",
+        )
+        .await;
+    }
+
     async fn status(&self) -> String {
         self.eval("return document.querySelector('[role=status]').textContent;")
             .await
@@ -312,12 +321,7 @@ async fn chat_in_the_page_with_a_raw_client() {
     let mut raw = raw_peer(&server.url(), "rawbob").await;
 
     browser.open(&page(&server)).await;
-    browser
-        .until(
-            "the page to connect",
-            "document.querySelector('[role=status]').dataset.state === 'online'",
-        )
-        .await;
+    browser.online("the page to connect").await;
     assert_eq!(browser.status().await, "Connected");
     assert_eq!(
         browser.eval("return document.title;").await,
@@ -566,12 +570,7 @@ async fn the_page_reconnects_after_a_restart_and_shows_what_it_missed_once() {
     for _ in 1..=3 {
         next_message(&mut raw).await;
     }
-    browser
-        .until(
-            "the page to be back",
-            "document.querySelector('[role=status]').dataset.state === 'online'",
-        )
-        .await;
+    browser.online("the page to be back").await;
     for n in 1..=3 {
         browser.expect_line(&format!("erin missed {n}")).await;
     }
@@ -622,12 +621,7 @@ async fn a_server_with_a_token_asks_for_it_or_takes_it_from_the_address() {
         .send_keys("open sesame\u{E007}")
         .await
         .expect("type token");
-    browser
-        .until(
-            "the page to connect",
-            "document.querySelector('[role=status]').dataset.state === 'online'",
-        )
-        .await;
+    browser.online("the page to connect").await;
 
     // With ?token= in the page's own address it connects at once.
     browser.eval("sessionStorage.clear(); return null;").await;
@@ -635,12 +629,7 @@ async fn a_server_with_a_token_asks_for_it_or_takes_it_from_the_address() {
     browser2
         .open(&format!("{}?token=open%20sesame", page(&server)))
         .await;
-    browser2
-        .until(
-            "the page to connect",
-            "document.querySelector('[role=status]').dataset.state === 'online'",
-        )
-        .await;
+    browser2.online("the page to connect").await;
     assert!(
         browser2
             .eval("return document.querySelector('dialog[open]');")

@@ -347,7 +347,7 @@
     const el = line("private", [
       time(m.ts),
       span("tag", "private"),
-      span("from", m.from + (m.to && m.from.toLowerCase() === state.nick.toLowerCase() ? " → " + m.to : "")),
+      nickSpan(m.from, m.to && m.from.toLowerCase() === state.nick.toLowerCase() ? " → " + m.to : ""),
       richText(m.text),
     ]);
     place(state.room, "p" + m.ts + m.from + Math.random(), null, el);
