@@ -34,6 +34,9 @@ struct Args {
     /// Run only the attacks whose name contains this (e.g. `flood`).
     #[arg(long)]
     only: Option<String>,
+    /// Leave out the attacks whose name contains this.
+    #[arg(long)]
+    skip: Option<String>,
 }
 
 /// A TCP connection to `addr` from the attacker's own address, 127.0.0.2.
@@ -283,6 +286,7 @@ async fn main() {
                 .only
                 .as_deref()
                 .is_some_and(|only| !name.contains(only))
+                || args.skip.as_deref().is_some_and(|skip| name.contains(skip))
             {
                 continue;
             }

@@ -118,7 +118,7 @@ pub struct ServerArgs {
     pub max_handshakes: usize,
 
     /// Connections from one client address (0: no cap); further handshakes
-    /// get HTTP 503.
+    /// get HTTP 503. An address may also open this many per minute.
     #[arg(long, default_value_t = defaults::MAX_PER_IP)]
     pub max_per_ip: usize,
 
@@ -316,7 +316,8 @@ pub struct ServerConfig {
     pub max_rooms: usize,
     /// Seconds an empty room's history is kept in memory after its last message.
     pub room_ttl: u64,
-    /// Connections from one client address (0: no cap).
+    /// Connections from one client address (0: no cap), and connections it
+    /// may open per minute.
     pub max_per_ip: usize,
     /// Seconds between pings.
     pub ping_interval: u64,

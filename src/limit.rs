@@ -19,12 +19,22 @@ impl TokenBucket {
     /// A full bucket allowing `per_ten_seconds` messages per 10 s on average and
     /// `burst` at once; `None` when `per_ten_seconds` is 0 (no limit).
     pub fn new(per_ten_seconds: u32, burst: u32) -> Option<Self> {
-        (per_ten_seconds > 0).then(|| {
+        Self::with_rate(f64::from(per_ten_seconds) / 10.0, burst)
+    }
+
+    /// A full bucket allowing `per_minute` per minute on average and
+    /// `burst` at once; `None` when `per_minute` is 0.
+    pub fn per_minute(per_minute: u32, burst: u32) -> Option<Self> {
+        Self::with_rate(f64::from(per_minute) / 60.0, burst)
+    }
+
+    fn with_rate(per_second: f64, burst: u32) -> Option<Self> {
+        (per_second > 0.0).then(|| {
             let burst = f64::from(burst.max(1));
             Self {
                 tokens: burst,
                 burst,
-                per_second: f64::from(per_ten_seconds) / 10.0,
+                per_second,
                 updated: Instant::now(),
             }
         })

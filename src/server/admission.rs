@@ -58,9 +58,10 @@ struct Address {
     /// Of those, the ones still in their handshake.
     handshake: usize,
     budget: Option<TokenBucket>,
-    /// New connections allowed: `--max-per-ip` per 10 s, in bursts of
-    /// twice that (so the cap on connections held, answered 503, comes
-    /// first), so an address cannot churn through connections either.
+    /// New connections allowed: `--max-per-ip` per minute, in bursts of a
+    /// quarter more (room to reconnect at the cap), so an address cannot
+    /// churn through connections either (each costs the server a session's
+    /// setup and teardown).
     arrivals: Option<TokenBucket>,
 }
 
@@ -143,7 +144,9 @@ impl Admission {
     /// against the address, or `None` (close it at once) when every
     /// handshake place is taken, its address already holds a
     /// [`HANDSHAKE_SHARE`] of them, or has opened more than `--max-per-ip`
-    /// connections per 10 s (in bursts of twice that).
+    /// connections per minute (in bursts of a quarter more). An address
+    /// that holds `--max-per-ip` connections is let through to hear 503
+    /// rather than be closed without a word.
     pub fn arrive(self: &Arc<Self>, ip: IpAddr) -> Option<Arriving> {
         let share = (self.max_handshakes / HANDSHAKE_SHARE).max(1);
         let mut addresses = lock(&self.addresses);
@@ -157,11 +160,11 @@ impl Admission {
         if address.handshake >= share {
             return None;
         }
-        if max_per_ip > 0 {
+        if max_per_ip > 0 && address.connections < max_per_ip {
             if address.arrivals.is_none() {
-                let per_ten_seconds = u32::try_from(max_per_ip).unwrap_or(u32::MAX);
-                let burst = per_ten_seconds.saturating_mul(2);
-                address.arrivals = TokenBucket::new(per_ten_seconds, burst);
+                let per_minute = u32::try_from(max_per_ip).unwrap_or(u32::MAX);
+                let burst = per_minute.saturating_add((per_minute / 4).max(1));
+                address.arrivals = TokenBucket::per_minute(per_minute, burst);
             }
             if address.arrivals.as_mut().is_some_and(|b| !b.try_take()) {
                 return None;
@@ -317,10 +320,10 @@ mod tests {
     #[test]
     fn an_address_cannot_churn_through_connections() {
         let admission = Arc::new(Admission::new(100, 100, 3));
-        for _ in 0..6 {
+        for _ in 0..4 {
             drop(admission.arrive(HOME).expect("within the burst"));
         }
-        // Three held at most, three opened per 10 s in bursts of six:
+        // Three held at most, three opened per minute in bursts of four:
         // closing them does not make room for more right away.
         assert!(admission.arrive(HOME).is_none());
         assert!(admission.arrive(AWAY).is_some());

@@ -219,6 +219,10 @@ pub async fn run(
                     // spending anything on this connection.
                     let Some(arriving) = shared.admission.arrive(peer.ip()) else {
                         debug!("{peer}: closed: no handshake place for it");
+                        // A reset: no FIN exchange and no TIME_WAIT entry left
+                        // on the server, which a client retrying in a tight
+                        // loop would otherwise pile up by the thousand.
+                        let _ = stream.set_zero_linger();
                         continue;
                     };
                     // Without this, Nagle holds small frames back for tens of ms.

@@ -63,16 +63,26 @@ impl MemoryPresence {
         Ok(old)
     }
 
+    /// The room's nicks, sorted without regard to case. Only the nicks are
+    /// taken under the lock (shared, not copied); sorting them, without an
+    /// allocation per comparison, happens after it is released.
     fn who_now(&self, room: &str) -> Vec<String> {
-        let state = self.lock();
-        let mut nicks: Vec<String> = state
-            .members
-            .values()
-            .filter(|m| &*m.room == room)
-            .map(|m| m.nick.to_string())
-            .collect();
-        nicks.sort_by_key(|n| n.to_ascii_lowercase());
-        nicks
+        let mut nicks: Vec<Arc<str>> = {
+            let state = self.lock();
+            state
+                .members
+                .values()
+                .filter(|m| &*m.room == room)
+                .map(|m| m.nick.clone())
+                .collect()
+        };
+        nicks.sort_unstable_by(|a, b| {
+            a.bytes()
+                .map(|c| c.to_ascii_lowercase())
+                .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+                .then_with(|| a.cmp(b))
+        });
+        nicks.iter().map(|n| n.to_string()).collect()
     }
 
     fn rooms_now(&self) -> Vec<RoomInfo> {
