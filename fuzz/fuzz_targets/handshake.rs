@@ -24,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(refusal.response.starts_with(b"HTTP/1.1 "));
                 assert!((400..600).contains(&refusal.status));
             }
-            Decision::Health => {}
+            Decision::Asset { status, head, .. } => {
+                assert!(head.starts_with(format!("HTTP/1.1 {status} ").as_bytes()));
+                assert!(head.ends_with(b"\r\n\r\n"));
+            }
+            Decision::Health | Decision::Metrics => {}
         }
     }
 });

@@ -83,7 +83,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = timeout(within, send(stream, response.as_bytes())).await;
             return None;
         }
-        Decision::Asset { head, body } => {
+        Decision::Asset { head, body, .. } => {
             let _ = timeout(within, async {
                 stream.write_all(&head).await?;
                 if let Some(body) = body {
@@ -359,7 +359,9 @@ pub enum Decision {
     Metrics,
     /// Serve a file of the web client.
     Asset {
-        /// The response head (200, or 304 when the client has it already).
+        /// 200, or 304 when the client has it already.
+        status: u16,
+        /// The response head.
         head: Vec<u8>,
         /// The body to send after it, if any.
         body: Option<&'static [u8]>,
@@ -407,11 +409,13 @@ pub struct Refusal {
 
 impl Decision {
     /// The status line's code: 101 for an upgrade, 200 for `/healthz` (its
-    /// answer is 503 instead while a backend fails).
+    /// answer is 503 instead while a backend fails) and `/metrics`, 200 or
+    /// 304 for the web client's files.
     pub fn status(&self) -> u16 {
         match self {
             Decision::Upgrade { .. } => 101,
-            Decision::Health | Decision::Metrics | Decision::Asset { .. } => 200,
+            Decision::Health | Decision::Metrics => 200,
+            Decision::Asset { status, .. } => *status,
             Decision::Respond(refusal) => refusal.status,
         }
     }
@@ -557,6 +561,16 @@ pub fn decide(head: &[u8], policy: &Policy) -> Decision {
     decision
 }
 
+/// The answer to a request without the server's token.
+fn unauthorized() -> Decision {
+    refuse(
+        401,
+        "Unauthorized",
+        "WWW-Authenticate: Bearer realm=\"wschat\"\r\n",
+        "a token is required: send Authorization: Bearer TOKEN or ?token=TOKEN",
+    )
+}
+
 /// Answers a plain HTTP request (no upgrade): the web client's files,
 /// `/healthz`, `/metrics`.
 fn serve<'h>(
@@ -568,12 +582,7 @@ fn serve<'h>(
     match path {
         "/healthz" => Decision::Health,
         "/metrics" if policy.authorized(header("authorization"), target) => Decision::Metrics,
-        "/metrics" => refuse(
-            401,
-            "Unauthorized",
-            "WWW-Authenticate: Bearer realm=\"wschat\"\r\n",
-            "a token is required: send Authorization: Bearer TOKEN or ?token=TOKEN",
-        ),
+        "/metrics" => unauthorized(),
         "/ws" => respond(
             426,
             "Upgrade Required",
@@ -583,6 +592,7 @@ fn serve<'h>(
             Some(asset) => {
                 let (head, with_body) = web::response_head(asset, header("if-none-match"));
                 Decision::Asset {
+                    status: if with_body { 200 } else { 304 },
                     head,
                     body: with_body.then_some(asset.body),
                 }
@@ -648,12 +658,7 @@ fn route<'h>(
         }
     }
     if !policy.authorized(header("authorization"), target) {
-        return refuse(
-            401,
-            "Unauthorized",
-            "WWW-Authenticate: Bearer realm=\"wschat\"\r\n",
-            "a token is required: send Authorization: Bearer TOKEN or ?token=TOKEN",
-        );
+        return unauthorized();
     }
     let connection_upgrade = header("connection").is_some_and(|v| {
         v.split(',')
