@@ -108,11 +108,60 @@ async fn the_page_and_its_files_carry_type_etag_and_security_headers() {
     server.stop().await;
 }
 
+/// Sends a raw request and reads the whole answer as text.
+async fn exchange(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = String::new();
+    within("the whole answer", stream.read_to_string(&mut raw))
+        .await
+        .expect("read");
+    raw
+}
+
 #[tokio::test]
 async fn healthz_answers_ok() {
     let server = TestServer::start().await;
     let answer = get(server.addr, "/healthz", "").await;
     assert_eq!((answer.status, answer.body.as_str()), (200, "ok\n"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn head_gets_the_head_without_the_body() {
+    let server = TestServer::start().await;
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/", 200),
+        ("/metrics", 200),
+        ("/nope", 404),
+    ] {
+        let get = get(server.addr, path, "").await;
+        let head = exchange(
+            server.addr,
+            &format!("HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{path}: {head}"
+        );
+        assert!(head.ends_with("\r\n\r\n"), "{path}: a body came: {head}");
+        // The same length as GET's body, as HEAD promises.
+        if path != "/metrics" {
+            assert!(
+                head.contains(&format!("Content-Length: {}\r\n", get.body.len())),
+                "{path}: {head}"
+            );
+        }
+    }
+    // Other methods are still refused.
+    let post = exchange(
+        server.addr,
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
     server.stop().await;
 }
 

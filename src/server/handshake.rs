@@ -38,8 +38,13 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         () = shutdown.cancelled() => return None,
         head = timeout(within, read_head(stream)) => head,
     };
+    let mut head_only = false;
     let decision = match head {
-        Ok(Ok(head)) => decide(&head, &shared.policy),
+        Ok(Ok(head)) => {
+            // HEAD gets what GET would, without the body (uptime checkers).
+            head_only = head.starts_with(b"HEAD ");
+            decide(&head, &shared.policy)
+        }
         Ok(Err(HandshakeError::TooLarge)) => respond(
             431,
             "Request Header Fields Too Large",
@@ -70,34 +75,31 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                     text_response(503, "Service Unavailable", "", &format!("{reason}\n"))
                 }
             };
-            let _ = timeout(within, send(stream, &response)).await;
+            let (head, body) = split_response(&response);
+            let _ = timeout(within, answer(stream, head, body, head_only)).await;
             return None;
         }
         Decision::Metrics => {
             let body = shared.metrics.render(shared.snapshot());
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
                 metrics::CONTENT_TYPE,
                 body.len()
             );
-            let _ = timeout(within, send(stream, response.as_bytes())).await;
+            let answering = answer(stream, head.as_bytes(), body.as_bytes(), head_only);
+            let _ = timeout(within, answering).await;
             return None;
         }
         Decision::Asset { head, body, .. } => {
-            let _ = timeout(within, async {
-                stream.write_all(&head).await?;
-                if let Some(body) = body {
-                    stream.write_all(body).await?;
-                }
-                stream.flush().await
-            })
-            .await;
+            let body = body.unwrap_or_default();
+            let _ = timeout(within, answer(stream, &head, body, head_only)).await;
             return None;
         }
         Decision::Respond(refusal) => {
             shared.metrics.rejected(refusal.status);
             shared.refusals.log(peer, &refusal);
-            let _ = timeout(within, send(stream, &refusal.response)).await;
+            let (head, body) = split_response(&refusal.response);
+            let _ = timeout(within, answer(stream, head, body, head_only)).await;
             return None;
         }
         Decision::Upgrade {
@@ -482,6 +484,30 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, Hand
 /// The first byte of a TLS record carrying a handshake (a ClientHello).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+/// Writes an HTTP answer, without its body when the request was `HEAD`,
+/// and flushes it.
+async fn answer<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    head: &[u8],
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
+    io.write_all(head).await?;
+    if !head_only {
+        io.write_all(body).await?;
+    }
+    io.flush().await
+}
+
+/// A whole response split into its head (through the blank line) and body.
+fn split_response(response: &[u8]) -> (&[u8], &[u8]) {
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |at| at + 4);
+    response.split_at(end)
+}
+
 /// Writes a response and flushes it.
 pub async fn send<S: AsyncWrite + Unpin>(io: &mut S, response: &[u8]) -> std::io::Result<()> {
     io.write_all(response).await?;
@@ -608,8 +634,9 @@ fn route<'h>(
     header: &dyn Fn(&str) -> Option<&'h str>,
     policy: &Policy,
 ) -> Decision {
-    if request.method != Some("GET") {
-        return respond(405, "Method Not Allowed", "only GET is supported");
+    let head_only = request.method == Some("HEAD");
+    if request.method != Some("GET") && !head_only {
+        return respond(405, "Method Not Allowed", "only GET and HEAD are supported");
     }
     for name in SINGLE_HEADERS {
         let count = request
@@ -639,7 +666,7 @@ fn route<'h>(
     let path = target.split(['?', '#']).next().unwrap_or("/");
     let is_upgrade = header("upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
 
-    if !is_upgrade {
+    if !is_upgrade || head_only {
         return serve(path, target, header, policy);
     }
     if !matches!(path, "/" | "/ws") {
