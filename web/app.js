@@ -46,8 +46,12 @@
     nick: "", // what the server calls this connection
     wantNick: store.get("nick", ""), // the nick chosen (asked for on every connect)
     room: store.get("room", "lobby"),
-    // Room name -> { items: Map(key -> element), ids: sorted ids, last, epoch, unread, mentions }
+    // Room name -> its transcript: { items: Map(key -> element), order: the
+    // elements in display order, first and last message id shown, epoch of
+    // those ids, unread, mentions }
     rooms: new Map(),
+    epoch: null, // the server's epoch, from its welcome
+    roomEpoch: {}, // room -> epoch, where a gap said otherwise
     known: new Set(store.get("rooms", ["lobby"])), // rooms this browser has been in
     listed: new Map(), // room -> {members, last} from the server's last `rooms` answer
     lastSeen: store.get("last", {}), // room -> last id read
@@ -816,8 +820,6 @@
     if (state.online && !document.hidden) send({ type: "rooms" });
   }, 15000);
 
-  state.epoch = null;
-  state.roomEpoch = {};
   $("nick").value = state.wantNick;
   showRoom(state.room);
   connect();
