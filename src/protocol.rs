@@ -100,9 +100,15 @@ pub enum Request {
     Who,
     /// List the rooms.
     Rooms,
+    /// The current room's stored messages before an id (scroll-back), at
+    /// most `limit`.
+    Older { before: u64, limit: usize },
     /// Plain-mode `/help`.
     Help,
 }
+
+/// Messages an `older` request gets when it names no `limit`.
+pub const OLDER_PAGE: usize = 50;
 
 /// A request the server refuses before acting on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +160,12 @@ pub enum ClientFrame {
     Who,
     /// See [`Request::Rooms`].
     Rooms,
+    /// See [`Request::Older`].
+    Older {
+        before: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
 }
 
 impl From<ClientFrame> for Request {
@@ -165,6 +177,10 @@ impl From<ClientFrame> for Request {
             ClientFrame::Private { to, text, cid } => Request::Private { to, text, cid },
             ClientFrame::Who => Request::Who,
             ClientFrame::Rooms => Request::Rooms,
+            ClientFrame::Older { before, limit } => Request::Older {
+                before,
+                limit: limit.unwrap_or(OLDER_PAGE).clamp(1, LIST_CAP),
+            },
         }
     }
 }
@@ -262,6 +278,13 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         first: Option<u64>,
     },
+    /// Ends the answer to `older`: `count` messages before `before` came
+    /// (fewer than asked: nothing older is stored).
+    Older {
+        room: String,
+        before: u64,
+        count: usize,
+    },
     /// Reply to `who`.
     Members {
         room: String,
@@ -340,6 +363,9 @@ impl ServerFrame {
             ServerFrame::Message { from, text, .. } => format!("{from}: {text}"),
             ServerFrame::Private { from, text, .. } => format!("[private] {from}: {text}"),
             ServerFrame::Joined { room, nick } => format!("* {nick} joined {room}"),
+            ServerFrame::Older { room, count, .. } => {
+                format!("* {count} earlier messages of {room} above")
+            }
             ServerFrame::Left { room, nick } => format!("* {nick} left {room}"),
             ServerFrame::Renamed { old, new } => format!("* {old} is now known as {new}"),
             ServerFrame::Gap { .. } => format!("! {}", self.gap_text().unwrap_or_default()),
@@ -459,7 +485,7 @@ pub fn parse_json(text: &str) -> Result<Request, Rejection> {
                 #[serde(rename = "type")]
                 kind: String,
             }
-            const KNOWN: &[&str] = &["say", "nick", "join", "private", "who", "rooms"];
+            const KNOWN: &[&str] = &["say", "nick", "join", "private", "who", "rooms", "older"];
             match serde_json::from_str::<Tagged>(text) {
                 Ok(tagged) if !KNOWN.contains(&tagged.kind.as_str()) => Err(Rejection::new(
                     ErrorCode::UnknownType,
@@ -705,6 +731,23 @@ mod tests {
             })
         );
         assert_eq!(parse_json(r#"{"type":"who"}"#), Ok(Request::Who));
+        let older = |before, limit| Ok(Request::Older { before, limit });
+        assert_eq!(
+            parse_json(r#"{"type":"older","before":9}"#),
+            older(9, OLDER_PAGE)
+        );
+        assert_eq!(
+            parse_json(r#"{"type":"older","before":9,"limit":0}"#),
+            older(9, 1)
+        );
+        assert_eq!(
+            parse_json(r#"{"type":"older","before":9,"limit":100000}"#),
+            older(9, LIST_CAP)
+        );
+        assert_eq!(
+            parse_json(r#"{"type":"older"}"#).unwrap_err().code,
+            ErrorCode::BadJson
+        );
         assert_eq!(
             parse_json(r#"{"type":"dance"}"#).unwrap_err().code,
             ErrorCode::UnknownType

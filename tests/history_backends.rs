@@ -72,6 +72,14 @@ async fn suite(history: &dyn History, fanout: &dyn Fanout) {
     assert_eq!(ids(history, "lobby", Since::After(2), 2).await, [3, 4]);
     assert!(ids(history, "lobby", Since::After(5), 10).await.is_empty());
     assert!(ids(history, "empty", Since::Recent, 10).await.is_empty());
+    // Scroll-back: the last ones before an id, oldest first.
+    assert_eq!(ids(history, "lobby", Since::Before(5), 2).await, [3, 4]);
+    assert_eq!(ids(history, "lobby", Since::Before(3), 10).await, [1, 2]);
+    assert!(ids(history, "lobby", Since::Before(1), 10).await.is_empty());
+    assert_eq!(
+        ids(history, "lobby", Since::Before(99), 10).await,
+        [1, 2, 3, 4, 5]
+    );
 
     // What was stored comes back as it went in.
     let page = history

@@ -124,3 +124,51 @@ async fn a_long_replay_is_complete_and_in_order() {
     assert_eq!(shapes(&join(&mut bob, 1, epoch).await), ids);
     server.stop().await;
 }
+
+/// Sends `older` and returns the ids it brought and its closing frame.
+async fn older(peer: &mut Peer, before: u64, limit: usize) -> (Vec<u64>, ServerFrame) {
+    peer.send(&format!(
+        r#"{{"type":"older","before":{before},"limit":{limit}}}"#
+    ))
+    .await;
+    let mut ids = Vec::new();
+    loop {
+        match peer.frame().await {
+            ServerFrame::Message { id, history, .. } => {
+                assert!(history, "an older message is marked as history");
+                ids.push(id);
+            }
+            end @ ServerFrame::Older { .. } => return (ids, end),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn scroll_back(tweak: impl FnOnce(&mut ServerConfig)) {
+    let server = TestServer::with(tweak).await;
+    let (mut peer, _) = Peer::json_joined(&server.url()).await;
+    post(&mut peer, 7).await;
+    let end = |before, count| ServerFrame::Older {
+        room: "lobby".into(),
+        before,
+        count,
+    };
+    // The last ones before the id, oldest first, then how many came.
+    assert_eq!(older(&mut peer, 6, 3).await, (vec![3, 4, 5], end(6, 3)));
+    // Fewer than asked: nothing older is stored.
+    assert_eq!(older(&mut peer, 3, 3).await, (vec![1, 2], end(3, 2)));
+    assert_eq!(older(&mut peer, 1, 3).await, (vec![], end(1, 0)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn older_pages_back_through_history_in_memory() {
+    scroll_back(|_| {}).await;
+}
+
+#[tokio::test]
+async fn older_pages_back_through_history_in_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("chat.db");
+    scroll_back(|c| c.db = Some(db)).await;
+}

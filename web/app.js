@@ -48,7 +48,7 @@
     room: store.get("room", "lobby"),
     // Room name -> its transcript: { items: Map(key -> element), order: the
     // elements in display order, first and last message id shown, epoch of
-    // those ids, unread, mentions }
+    // those ids, whether nothing older is stored, unread, mentions }
     rooms: new Map(),
     epoch: null, // the server's epoch, from its welcome
     roomEpoch: {}, // room -> epoch, where a gap said otherwise
@@ -176,6 +176,7 @@
         room.epoch = epoch;
         room.first = null;
         room.last = undefined;
+        room.oldest = false;
       }
       el.dataset.id = id;
       el.dataset.epoch = epoch;
@@ -231,7 +232,7 @@
 
   function updateEarlier() {
     const room = roomState(state.room);
-    $("earlier").hidden = !(room.first !== null && room.first > 1);
+    $("earlier").hidden = room.first === null || room.first <= 1 || room.oldest;
   }
 
   function updateTitle() {
@@ -446,6 +447,11 @@
           delete state.lastSeen[m.room];
           state.epochs[m.room] = m.epoch;
         }
+        break;
+      case "older":
+        // Fewer than asked: nothing older is stored.
+        if (m.count < PAGE) roomState(m.room).oldest = true;
+        if (m.room === state.room) updateEarlier();
         break;
       case "members":
         if (state.echo.who) {
@@ -790,9 +796,7 @@
 
   $("earlier").addEventListener("click", () => {
     const room = roomState(state.room);
-    if (room.first === null) return;
-    const epoch = state.roomEpoch[state.room] ?? state.epoch;
-    send({ type: "join", room: state.room, after: Math.max(0, room.first - PAGE - 1), epoch });
+    if (room.first !== null) send({ type: "older", before: room.first, limit: PAGE });
   });
 
   for (const [buttonId, paneId] of [["show-rooms", "rooms-pane"], ["show-members", "members-pane"]]) {

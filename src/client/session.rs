@@ -565,6 +565,10 @@ impl<'o> Client<'o> {
             },
             Ok(Request::Who) => LineAction::Send(ClientFrame::Who),
             Ok(Request::Rooms) => LineAction::Send(ClientFrame::Rooms),
+            Ok(Request::Older { before, limit }) => LineAction::Send(ClientFrame::Older {
+                before,
+                limit: Some(limit),
+            }),
             Ok(Request::Help) => {
                 for line in HELP {
                     self.print(&format!("* {line}"));

@@ -284,6 +284,22 @@ impl Conn {
                 }),
                 Err(rejection) => out.push(ServerFrame::error(rejection, None)),
             },
+            Request::Older { before, limit } => {
+                match read(shared, &self.room, Since::Before(before), limit).await {
+                    Ok(page) => {
+                        for message in &page.messages {
+                            let own = message.from.eq_ignore_ascii_case(&self.nick);
+                            out.push(message.frame(&self.room, own));
+                        }
+                        out.push(ServerFrame::Older {
+                            room: self.room.to_string(),
+                            before,
+                            count: page.messages.len(),
+                        });
+                    }
+                    Err(rejection) => out.push(ServerFrame::error(rejection, None)),
+                }
+            }
             Request::Help => out.extend(HELP.iter().map(|line| ServerFrame::Notice {
                 text: (*line).to_owned(),
             })),

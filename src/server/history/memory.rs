@@ -99,13 +99,18 @@ impl History for MemoryHistory {
         let rooms = lock(&self.rooms);
         let kept = rooms.get(room).map(|log| &log.kept);
         let messages = kept.map_or_else(Vec::new, |kept| {
-            let start = match since {
-                Since::Recent => kept.len().saturating_sub(limit),
-                Since::After(after) => {
-                    kept.partition_point(|d| d.id().is_some_and(|id| id <= after))
+            let id_at_most =
+                |bound: u64| kept.partition_point(|d| d.id().is_some_and(|id| id <= bound));
+            let (start, end) = match since {
+                Since::Recent => (kept.len().saturating_sub(limit), kept.len()),
+                Since::After(after) => (id_at_most(after), kept.len()),
+                Since::Before(before) => {
+                    let end = id_at_most(before.saturating_sub(1));
+                    (end.saturating_sub(limit), end)
                 }
             };
             kept.iter()
+                .take(end)
                 .skip(start)
                 .take(limit)
                 .filter_map(|d| stored(d))

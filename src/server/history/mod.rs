@@ -138,6 +138,8 @@ pub enum Since {
     Recent,
     /// Those with an id greater than this one.
     After(u64),
+    /// The last ones with an id smaller than this one (scroll-back).
+    Before(u64),
 }
 
 /// Stored messages of one room, oldest first.

@@ -598,6 +598,17 @@ fn read_page(
             messages.reverse();
             Ok(messages)
         }
+        Since::Before(before) => {
+            let before = i64::try_from(before).unwrap_or(i64::MAX);
+            let mut statement = conn.prepare_cached(
+                "SELECT id, ts, nick, text, cid FROM messages WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let mut messages = statement
+                .query_map(params![key, before, limit], row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            messages.reverse();
+            Ok(messages)
+        }
         Since::After(after) => {
             let after = i64::try_from(after).unwrap_or(i64::MAX);
             let mut statement = conn.prepare_cached(
