@@ -408,16 +408,19 @@ async fn one_address_cannot_churn_through_connections() {
     }
     // None is open now, and still the fourth is closed at once.
     assert_reset(TcpStream::connect(server.addr)).await;
-    // Another address is not affected.
+    // Another address is not affected, and the operator sees the reset.
     let mut other = connect_from(server.addr, [127, 0, 0, 7]).await;
     other
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .expect("write");
+    let metrics = String::from_utf8(read_to_end(&mut other).await).expect("text");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
     assert!(
-        read_to_end(&mut other)
-            .await
-            .starts_with(b"HTTP/1.1 200 OK\r\n")
+        metrics
+            .lines()
+            .any(|l| l == "wschat_connections_reset_total 1"),
+        "{metrics}"
     );
     server.stop().await;
 }

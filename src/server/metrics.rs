@@ -27,6 +27,9 @@ pub struct Metrics {
     pub slow_closes_total: IntCounter,
     /// Requests refused with `rate_limited`.
     pub rate_limited_total: IntCounter,
+    /// TCP connections reset at once, before any HTTP: no handshake place,
+    /// or their address opened too many.
+    pub resets_total: IntCounter,
     /// Handshakes answered with an HTTP error, by status.
     rejections: IntCounterVec,
     /// The history backend's write latency and failures (with `--db`).
@@ -89,6 +92,10 @@ impl Metrics {
             rate_limited_total: counter(
                 "wschat_rate_limited_total",
                 "Requests refused as rate_limited",
+            ),
+            resets_total: counter(
+                "wschat_connections_reset_total",
+                "TCP connections reset at once (no handshake place, or too many from the address)",
             ),
             rejections: IntCounterVec::new(
                 Opts::new(
@@ -156,6 +163,7 @@ impl Metrics {
             Box::new(self.messages_total.clone()),
             Box::new(self.slow_closes_total.clone()),
             Box::new(self.rate_limited_total.clone()),
+            Box::new(self.resets_total.clone()),
             Box::new(self.rejections.clone()),
         ];
         if let Some(backend) = &self.backend {
@@ -282,6 +290,7 @@ mod tests {
             "wschat_rooms 1",
             "wschat_slow_closes_total 0",
             "wschat_rate_limited_total 0",
+            "wschat_connections_reset_total 0",
             "wschat_handshake_rejections_total{status=\"403\"} 1",
             "wschat_log_lines_dropped_total 0",
             "wschat_backend_errors_total{backend=\"sqlite\"} 0",

@@ -223,6 +223,7 @@ pub async fn run(
                         // on the server, which a client retrying in a tight
                         // loop would otherwise pile up by the thousand.
                         let _ = stream.set_zero_linger();
+                        shared.metrics.resets_total.inc();
                         continue;
                     };
                     // Without this, Nagle holds small frames back for tens of ms.
