@@ -522,6 +522,30 @@ async fn rooms_list_join_and_unread_counts() {
             .await
             .is_null()
     );
+
+    // rust is empty now; the page may forget it (lobby, where it is, not).
+    let forget = browser
+        .find("ul[aria-label=Rooms] button[aria-label='Forget #rust']")
+        .await;
+    assert!(
+        browser
+            .eval("return document.querySelector(\"button[aria-label='Forget #lobby']\");")
+            .await
+            .is_null()
+    );
+    forget.click().await.expect("forget");
+    browser
+        .until(
+            "rust to be gone",
+            "[...document.querySelectorAll('ul[aria-label=Rooms] .name')].map(n => n.textContent).join(',') === '#lobby'",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("return localStorage.getItem('wschat.rooms');")
+            .await,
+        "[\"lobby\"]"
+    );
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.close().await;
     server.stop().await;

@@ -263,6 +263,18 @@
       button.append(span("count", listed ? String(listed.members) : ""));
       const li = document.createElement("li");
       li.append(button);
+      if (!listed && name !== state.room) {
+        // A room nobody is in, kept because this browser was there: it
+        // may be forgotten.
+        const forget = document.createElement("button");
+        forget.type = "button";
+        forget.className = "forget";
+        forget.dataset.forget = name;
+        forget.textContent = "×";
+        forget.title = "Forget #" + name;
+        forget.setAttribute("aria-label", "Forget #" + name);
+        li.append(forget);
+      }
       return li;
     });
     $("rooms").replaceChildren(...items);
@@ -779,6 +791,19 @@
   });
 
   $("rooms").addEventListener("click", (event) => {
+    const forget = event.target.closest("button[data-forget]");
+    if (forget) {
+      const name = forget.dataset.forget;
+      state.known.delete(name);
+      state.rooms.delete(name);
+      delete state.lastSeen[name];
+      delete state.epochs[name];
+      store.set("rooms", [...state.known]);
+      store.set("last", state.lastSeen);
+      store.set("epochs", state.epochs);
+      renderRooms();
+      return;
+    }
     const button = event.target.closest("button[data-room]");
     if (button) {
       join(button.dataset.room);
