@@ -81,10 +81,12 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Decision::Metrics => {
             let body = shared.metrics.render(shared.snapshot());
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+            let head = response_head(
+                200,
+                "OK",
+                "Cache-Control: no-store\r\n",
                 metrics::CONTENT_TYPE,
-                body.len()
+                body.len(),
             );
             let answering = answer(stream, head.as_bytes(), body.as_bytes(), head_only);
             let _ = timeout(within, answering).await;
@@ -96,10 +98,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
         Decision::Respond(refusal) => {
-            shared.metrics.rejected(refusal.status);
-            shared.refusals.log(peer, &refusal);
-            let (head, body) = split_response(&refusal.response);
-            let _ = timeout(within, answer(stream, head, body, head_only)).await;
+            turn_away(stream, peer, &refusal, shared, head_only).await;
             return None;
         }
         Decision::Upgrade {
@@ -116,9 +115,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 let mut refusal = refusal(503, "Service Unavailable", "", why);
                 refusal.origin = origin;
-                shared.metrics.rejected(503);
-                shared.refusals.log(peer, &refusal);
-                let _ = timeout(within, send(stream, &refusal.response)).await;
+                turn_away(stream, peer, &refusal, shared, false).await;
                 return None;
             }
         },
@@ -127,6 +124,22 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(())) => Some((mode, hello, admitted)),
         _ => None,
     }
+}
+
+/// Answers a request with its refusal (counted for `/metrics`, logged at a
+/// bounded rate).
+async fn turn_away<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    peer: SocketAddr,
+    refusal: &Refusal,
+    shared: &Shared,
+    head_only: bool,
+) {
+    shared.metrics.rejected(refusal.status);
+    shared.refusals.log(peer, refusal);
+    let (head, body) = split_response(&refusal.response);
+    let within = shared.config.handshake_within();
+    let _ = timeout(within, answer(stream, head, body, head_only)).await;
 }
 
 /// Refused handshakes logged per second at most; the rest are counted and
@@ -514,14 +527,32 @@ pub async fn send<S: AsyncWrite + Unpin>(io: &mut S, response: &[u8]) -> std::io
     io.flush().await
 }
 
+/// The head of an HTTP/1.1 response that closes the connection: the
+/// status line, `headers` (extra lines, each ending in `\r\n`), the body's
+/// type and length, and the blank line.
+pub fn response_head(
+    status: u16,
+    phrase: &str,
+    headers: &str,
+    content_type: &str,
+    length: usize,
+) -> String {
+    format!(
+        "HTTP/1.1 {status} {phrase}\r\n{headers}Content-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    )
+}
+
 /// A complete HTTP/1.1 response with a text body, closing the connection.
 /// `headers` are extra header lines, each ending in `\r\n`.
 pub fn text_response(status: u16, reason: &str, headers: &str, body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status} {reason}\r\n{headers}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    let head = response_head(
+        status,
+        reason,
+        headers,
+        "text/plain; charset=utf-8",
+        body.len(),
+    );
+    [head.as_bytes(), body.as_bytes()].concat()
 }
 
 /// A refusal with `status` and `phrase` whose body is `reason`.

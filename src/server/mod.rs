@@ -88,10 +88,10 @@ impl Shared {
     /// When the history database cannot be used.
     fn open(config: ServerConfig, local: SocketAddr) -> Result<Self> {
         let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.max_lag));
-        let backend = config.db.as_ref().map(|_| BackendMetrics::new("sqlite"));
-        let history: Arc<dyn History> = match (&config.db, &backend) {
-            (Some(path), Some(backend)) => Arc::new(
-                SqliteHistory::open(
+        let (history, backend): (Arc<dyn History>, _) = match &config.db {
+            Some(path) => {
+                let backend = BackendMetrics::new("sqlite");
+                let history = SqliteHistory::open(
                     path,
                     config.retain,
                     config.db_sync,
@@ -101,9 +101,13 @@ impl Shared {
                 .map_err(|source| Error::Database {
                     path: path.clone(),
                     source,
-                })?,
+                })?;
+                (Arc::new(history), Some(backend))
+            }
+            None => (
+                Arc::new(MemoryHistory::new(config.history, fanout.clone())),
+                None,
             ),
-            _ => Arc::new(MemoryHistory::new(config.history, fanout.clone())),
         };
         let (rate_per_ip, burst_per_ip) = config.budget_per_ip();
         Ok(Self {

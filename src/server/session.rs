@@ -84,11 +84,7 @@ pub(super) async fn serve<S: Transport>(
     // size of the largest command.
     let mut session = Box::pin(Session::start(Wire::new(stream), peer, mode, hello, shared)).await;
     let ended = session.run(&shutdown).await;
-    session
-        .shared
-        .clone()
-        .metrics
-        .add_deliveries(&mut session.delivered);
+    session.count_deliveries();
     drop(session);
     drop(slot);
     match ended {
@@ -351,11 +347,16 @@ impl<S: Transport> Session<S> {
             if self.behind() {
                 return self.too_slow(FeedError::Lagged(0), shutdown).await;
             }
-            self.shared.metrics.add_deliveries(&mut self.delivered);
+            self.count_deliveries();
             if let Err(err) = self.try_flush().await {
                 return Ended::Because(err.to_string());
             }
         }
+    }
+
+    /// Adds the deliveries counted since the last call to `/metrics`' total.
+    fn count_deliveries(&mut self) {
+        self.shared.metrics.add_deliveries(&mut self.delivered);
     }
 
     /// Whether more waits for the peer than `--max-lag` frames or

@@ -4,6 +4,8 @@
 
 use std::sync::LazyLock;
 
+use super::handshake;
+
 /// One file of the web client.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Asset {
@@ -74,15 +76,16 @@ pub fn response_head(asset: &Asset, if_none_match: Option<&str>) -> (Vec<u8>, bo
             .map(|t| t.trim().trim_start_matches("W/"))
             .any(|t| t == asset.etag || t == "*")
     });
-    let (status, length) = if fresh {
-        ("304 Not Modified", 0)
+    let (status, phrase, length) = if fresh {
+        (304, "Not Modified", 0)
     } else {
-        ("200 OK", asset.body.len())
+        (200, "OK", asset.body.len())
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\n{SECURITY_HEADERS}Content-Type: {}\r\nETag: {}\r\nCache-Control: no-cache\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n",
-        asset.content_type, asset.etag
+    let headers = format!(
+        "{SECURITY_HEADERS}ETag: {}\r\nCache-Control: no-cache\r\n",
+        asset.etag
     );
+    let head = handshake::response_head(status, phrase, &headers, asset.content_type, length);
     (head.into_bytes(), !fresh)
 }
 
