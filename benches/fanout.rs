@@ -619,11 +619,11 @@ impl Generator {
 
     /// Waits up to `timeout` for sockets and handles what is ready.
     fn turn(&mut self, timeout: Duration) {
-        if let Err(err) = self.poll.poll(&mut self.events, Some(timeout)) {
-            if err.kind() != io::ErrorKind::Interrupted {
-                eprintln!("error: poll: {err}");
-                std::process::exit(1);
-            }
+        if let Err(err) = self.poll.poll(&mut self.events, Some(timeout))
+            && err.kind() != io::ErrorKind::Interrupted
+        {
+            eprintln!("error: poll: {err}");
+            std::process::exit(1);
         }
         let ready: Vec<(usize, bool, bool)> = self
             .events

@@ -48,6 +48,10 @@ pub mod defaults {
     pub const ROOM_TTL: u64 = 24 * 60 * 60;
     /// `--retain`
     pub const RETAIN: u64 = 100_000;
+    /// `--redis-prefix`
+    pub const REDIS_PREFIX: &str = "wschat";
+    /// `--presence-ttl`, in seconds
+    pub const PRESENCE_TTL: u64 = 30;
 }
 
 /// `server`: the wschat chat server.
@@ -191,6 +195,22 @@ pub struct ServerArgs {
     /// crash or kill -9 of the server, `full` also a power loss.
     #[arg(long, value_enum, default_value_t = DbSync::Normal)]
     pub db_sync: DbSync,
+
+    /// Form one chat with every server given the same Redis
+    /// (redis://HOST:PORT[/DB]): rooms, ids, history, nicks and private
+    /// messages across all of them. Redis is then the history store.
+    #[arg(long, env = "WSCHAT_REDIS", value_name = "URL", conflicts_with = "db")]
+    pub redis: Option<String>,
+
+    /// Prefix of every key and channel wschat uses in Redis, so several
+    /// chats can share one Redis.
+    #[arg(long, default_value = defaults::REDIS_PREFIX, value_name = "PREFIX")]
+    pub redis_prefix: String,
+
+    /// With --redis: how long a server that stopped answering keeps its
+    /// users and nicks before the other servers let them go.
+    #[arg(long, default_value_t = defaults::PRESENCE_TTL, value_name = "SECONDS")]
+    pub presence_ttl: u64,
 }
 
 /// How hard the SQLite history pushes each commit to the disk.
@@ -288,6 +308,9 @@ impl ServerArgs {
             db: self.db.clone(),
             retain: self.retain,
             db_sync: self.db_sync,
+            redis: self.redis.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+            presence_ttl: self.presence_ttl,
         }
     }
 }
@@ -350,6 +373,12 @@ pub struct ServerConfig {
     pub retain: u64,
     /// Durability of each SQLite commit.
     pub db_sync: DbSync,
+    /// The Redis that several servers share; `None` keeps everything in this process.
+    pub redis: Option<String>,
+    /// Prefix of wschat's keys and channels in Redis.
+    pub redis_prefix: String,
+    /// Seconds a silent node keeps its users and nicks (with Redis).
+    pub presence_ttl: u64,
 }
 
 impl Default for ServerConfig {
@@ -381,6 +410,9 @@ impl Default for ServerConfig {
             db: None,
             retain: defaults::RETAIN,
             db_sync: DbSync::Normal,
+            redis: None,
+            redis_prefix: defaults::REDIS_PREFIX.to_owned(),
+            presence_ttl: defaults::PRESENCE_TTL,
         }
     }
 }

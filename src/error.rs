@@ -43,6 +43,15 @@ pub enum Error {
         #[source]
         source: crate::server::history::HistoryError,
     },
+    /// Redis cannot be reached or refused wschat.
+    #[error("cannot use Redis at {url}")]
+    Redis {
+        /// The URL given with `--redis` (without its password).
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: redis::RedisError,
+    },
     /// An I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),

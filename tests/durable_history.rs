@@ -47,10 +47,10 @@ async fn json_peer(url: &str, nick: &str) -> (Peer, u64) {
     peer.send(&format!(r#"{{"type":"nick","nick":"{nick}"}}"#))
         .await;
     loop {
-        if let ServerFrame::Renamed { new, .. } = peer.frame().await {
-            if new == nick {
-                return (peer, epoch);
-            }
+        if let ServerFrame::Renamed { new, .. } = peer.frame().await
+            && new == nick
+        {
+            return (peer, epoch);
         }
     }
 }

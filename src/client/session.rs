@@ -127,17 +127,17 @@ impl<'o> Client<'o> {
                 return 2;
             }
         }
-        if let Some(nick) = &self.config.nick {
-            if let Err(rejection) = validate_nick(nick) {
-                self.status(&format!("error: {}", rejection.text));
-                return 2;
-            }
+        if let Some(nick) = &self.config.nick
+            && let Err(rejection) = validate_nick(nick)
+        {
+            self.status(&format!("error: {}", rejection.text));
+            return 2;
         }
-        if let Some(room) = &self.config.room {
-            if let Err(rejection) = normalize_room(room) {
-                self.status(&format!("error: {}", rejection.text));
-                return 2;
-            }
+        if let Some(room) = &self.config.room
+            && let Err(rejection) = normalize_room(room)
+        {
+            self.status(&format!("error: {}", rejection.text));
+            return 2;
         }
         if self.config.url.starts_with("wss://") || self.config.ca_cert.is_some() {
             match crate::tls::connector(self.config.ca_cert.as_deref()) {
@@ -382,21 +382,19 @@ impl<'o> Client<'o> {
                         LineAction::Send(frame) => {
                             self.enqueue(frame);
                             // During a resume the barrier handler sends it, after the resends.
-                            if !syncing && self.pace_at.is_none() {
-                                if let Err(end) = self.pump(&mut ws).await {
+                            if !syncing && self.pace_at.is_none()
+                                && let Err(end) = self.pump(&mut ws).await {
                                     return end;
                                 }
-                            }
                         }
                         LineAction::Nothing => {}
                     },
                     None => {
                         self.end_of_input();
-                        if !syncing && self.pace_at.is_none() {
-                            if let Err(end) = self.pump(&mut ws).await {
+                        if !syncing && self.pace_at.is_none()
+                            && let Err(end) = self.pump(&mut ws).await {
                                 return end;
                             }
-                        }
                     }
                 },
                 () = sleep_until(pace_at.unwrap_or_else(Instant::now)), if pace_at.is_some() => {
@@ -486,11 +484,11 @@ impl<'o> Client<'o> {
     async fn pump(&mut self, ws: &mut Socket) -> Result<(), SessionEnd> {
         // Every request counts against the server's flood control, commands too.
         while !self.outbox.is_empty() {
-            if let Some(bucket) = &mut self.bucket {
-                if !bucket.try_take() {
-                    self.pace_at = Some(Instant::now() + bucket.wait());
-                    return Ok(());
-                }
+            if let Some(bucket) = &mut self.bucket
+                && !bucket.try_take()
+            {
+                self.pace_at = Some(Instant::now() + bucket.wait());
+                return Ok(());
             }
             if let Some(frame) = self.outbox.pop_front() {
                 self.send(ws, frame).await?;

@@ -151,7 +151,7 @@ impl Admission {
         let share = (self.max_handshakes / HANDSHAKE_SHARE).max(1);
         let mut addresses = lock(&self.addresses);
         addresses.arrivals = addresses.arrivals.wrapping_add(1);
-        if addresses.arrivals % SWEEP_EVERY == 0 {
+        if addresses.arrivals.is_multiple_of(SWEEP_EVERY) {
             let now = Instant::now();
             addresses.by_key.retain(|_, a| !a.forgettable(now));
         }

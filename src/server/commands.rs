@@ -150,7 +150,7 @@ impl Conn {
             peer,
             mode,
             nick,
-            feed: shared.fanout.subscribe(&room),
+            feed: shared.fanout.subscribe(&room).await,
             room,
             replay: None,
             bucket: TokenBucket::new(shared.config.rate, shared.config.rate_burst),
@@ -461,7 +461,7 @@ impl Conn {
             );
             return out.push(ServerFrame::error(rejection, None));
         }
-        let feed = shared.fanout.subscribe(&name);
+        let feed = shared.fanout.subscribe(&name).await;
         let recent = Since::Recent;
         let on_join = shared.config.history_on_join;
         let (since, limit) = match after {
@@ -489,15 +489,15 @@ impl Conn {
                     Err(rejection) => return out.push(ServerFrame::error(rejection, None)),
                 };
                 full_at = None;
-            } else if let Some(first) = page.messages.first().map(|m| m.id) {
-                if first > after + 1 {
-                    gap = Some(ServerFrame::Gap {
-                        room: name.to_string(),
-                        epoch: page.epoch,
-                        after: Some(after),
-                        first: Some(first),
-                    });
-                }
+            } else if let Some(first) = page.messages.first().map(|m| m.id)
+                && first > after + 1
+            {
+                gap = Some(ServerFrame::Gap {
+                    room: name.to_string(),
+                    epoch: page.epoch,
+                    after: Some(after),
+                    first: Some(first),
+                });
             }
         }
         self.feed = feed;
@@ -585,10 +585,11 @@ async fn claim(
     let secret = resume
         .and_then(|s| u128::from_str_radix(s, 16).ok())
         .filter(|&s| s != 0);
-    if let Some(previous) = secret.and_then(|secret| shared.presence.hand_over(wanted, secret)) {
-        previous.replace();
-    }
-    shared.presence.rename(id, wanted).await.map(drop)
+    shared
+        .presence
+        .take_nick(id, wanted, secret)
+        .await
+        .map(drop)
 }
 
 /// The `joined` notice for a connection's current room.

@@ -282,10 +282,10 @@ impl Policy {
         if origin == "null" {
             return false;
         }
-        if let Some(host) = host.map(|h| h.trim().to_ascii_lowercase()) {
-            if origin == format!("http://{host}") || origin == format!("https://{host}") {
-                return true;
-            }
+        if let Some(host) = host.map(|h| h.trim().to_ascii_lowercase())
+            && (origin == format!("http://{host}") || origin == format!("https://{host}"))
+        {
+            return true;
         }
         self.allowed_origins.contains(&origin)
     }
@@ -684,14 +684,14 @@ fn route<'h>(
         }
     }
     let host = header("host");
-    if let Some(host) = host {
-        if !policy.host_allowed(host) {
-            return respond(
-                403,
-                "Forbidden",
-                "this server is not reachable under that name (see --allowed-host)",
-            );
-        }
+    if let Some(host) = host
+        && !policy.host_allowed(host)
+    {
+        return respond(
+            403,
+            "Forbidden",
+            "this server is not reachable under that name (see --allowed-host)",
+        );
     }
     let target = request.path.unwrap_or("/");
     let path = target.split(['?', '#']).next().unwrap_or("/");
@@ -706,14 +706,14 @@ fn route<'h>(
     if host.is_none() {
         return respond(400, "Bad Request", "missing Host");
     }
-    if let Some(origin) = header("origin") {
-        if !policy.origin_allowed(origin, host) {
-            return respond(
-                403,
-                "Forbidden",
-                "cross-site WebSocket refused: this origin is not allowed",
-            );
-        }
+    if let Some(origin) = header("origin")
+        && !policy.origin_allowed(origin, host)
+    {
+        return respond(
+            403,
+            "Forbidden",
+            "cross-site WebSocket refused: this origin is not allowed",
+        );
     }
     if !policy.authorized(header("authorization"), target) {
         return unauthorized();

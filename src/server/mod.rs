@@ -13,6 +13,7 @@ pub mod handshake;
 pub mod history;
 pub mod metrics;
 pub mod presence;
+pub mod redis;
 mod session;
 pub mod web;
 pub mod wire;
@@ -32,10 +33,10 @@ use tracing::{debug, info, warn};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result, describe_io};
 use admission::Admission;
-use fanout::{Fanout, MemoryFanout};
-use history::{History, MemoryHistory, SqliteHistory};
+use fanout::{Fanout, MemoryFanout, RedisFanout};
+use history::{History, MemoryHistory, RedisHistory, SqliteHistory};
 use metrics::{BackendMetrics, Metrics, Snapshot};
-use presence::{MemoryPresence, Presence};
+use presence::{MemoryPresence, Presence, RedisPresence};
 
 /// Pending connections the kernel queues for us; connect bursts overflow 128.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -85,35 +86,15 @@ impl Shared {
     /// Opens the backends the settings ask for.
     ///
     /// # Errors
-    /// When the history database cannot be used.
-    fn open(config: ServerConfig, local: SocketAddr) -> Result<Self> {
-        let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.max_lag));
-        let (history, backend): (Arc<dyn History>, _) = match &config.db {
-            Some(path) => {
-                let backend = BackendMetrics::new("sqlite");
-                let history = SqliteHistory::open(
-                    path,
-                    config.retain,
-                    config.db_sync,
-                    fanout.clone(),
-                    backend.clone(),
-                )
-                .map_err(|source| Error::Database {
-                    path: path.clone(),
-                    source,
-                })?;
-                (Arc::new(history), Some(backend))
-            }
-            None => (
-                Arc::new(MemoryHistory::new(config.history, fanout.clone())),
-                None,
-            ),
-        };
+    /// When the history database or Redis cannot be used.
+    async fn open(config: ServerConfig, local: SocketAddr) -> Result<Self> {
+        let node = fastrand::u64(..);
+        let (fanout, history, presence, backend) = open_backends(&config, node).await?;
         let (rate_per_ip, burst_per_ip) = config.budget_per_ip();
         Ok(Self {
             fanout,
             history,
-            presence: Arc::new(MemoryPresence::default()),
+            presence,
             policy: handshake::Policy::from_config(&config, local),
             admission: Arc::new(
                 Admission::new(
@@ -125,7 +106,7 @@ impl Shared {
             ),
             refusals: handshake::RefusalLog::default(),
             metrics: Arc::new(Metrics::new(backend)),
-            node: fastrand::u64(..),
+            node,
             next_seq: AtomicU64::new(1),
             config,
         })
@@ -151,6 +132,51 @@ impl Shared {
             log_lines_dropped: crate::logging::dropped_lines(),
         }
     }
+}
+
+/// The fan-out, history and presence the settings ask for, with the
+/// history backend's metrics when it has any.
+pub type Backends = (
+    Arc<dyn Fanout>,
+    Arc<dyn History>,
+    Arc<dyn Presence>,
+    Option<BackendMetrics>,
+);
+
+/// Opens the backends: Redis for a chat of several nodes, else memory with
+/// history in memory or in a SQLite file.
+///
+/// # Errors
+/// When the history database or Redis cannot be used.
+pub async fn open_backends(config: &ServerConfig, node: u64) -> Result<Backends> {
+    if let Some(url) = &config.redis {
+        let link = redis::RedisLink::connect(url, &config.redis_prefix, node).await?;
+        let (fanout, inbox) = RedisFanout::start(link.clone(), config.max_lag);
+        let fanout: Arc<dyn Fanout> = fanout;
+        let history = Arc::new(RedisHistory::new(link.clone(), config.history));
+        let ttl = Duration::from_secs(config.presence_ttl);
+        let presence = RedisPresence::start(link, fanout.clone(), inbox, ttl);
+        return Ok((fanout, history, presence, None));
+    }
+    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.max_lag));
+    let presence = Arc::new(MemoryPresence::default());
+    let Some(path) = &config.db else {
+        let history = Arc::new(MemoryHistory::new(config.history, fanout.clone()));
+        return Ok((fanout, history, presence, None));
+    };
+    let backend = BackendMetrics::new("sqlite");
+    let history = SqliteHistory::open(
+        path,
+        config.retain,
+        config.db_sync,
+        fanout.clone(),
+        backend.clone(),
+    )
+    .map_err(|source| Error::Database {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((fanout, Arc::new(history), presence, Some(backend)))
 }
 
 /// Locks a mutex, recovering the data if another thread panicked while holding it.
@@ -206,7 +232,7 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
         _ => None,
     };
-    let shared = Arc::new(Shared::open(config, local)?);
+    let shared = Arc::new(Shared::open(config, local).await?);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     tokio::spawn(forget_idle_rooms(shared.clone(), token.clone()));

@@ -2,6 +2,8 @@
 //! peers, spawned binaries, and a bounded wait on every await.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -162,10 +164,10 @@ impl Peer {
         };
         let own = peer.name();
         loop {
-            if let ServerFrame::Joined { nick, .. } = peer.frame().await {
-                if nick == own {
-                    return (peer, epoch);
-                }
+            if let ServerFrame::Joined { nick, .. } = peer.frame().await
+                && nick == own
+            {
+                return (peer, epoch);
             }
         }
     }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::broadcast;
 
 use super::{Delivery, Fanout, RoomFeed};
+use crate::server::history::BoxFuture;
 use crate::server::lock;
 
 /// A room's channel, shared by the feeds that follow it.
@@ -81,7 +82,22 @@ impl Fanout for MemoryFanout {
         (last > 0).then_some(last)
     }
 
-    fn subscribe(&self, room: &str) -> RoomFeed {
+    fn subscribe(&self, room: &str) -> BoxFuture<'_, RoomFeed> {
+        Box::pin(std::future::ready(self.follow(room)))
+    }
+}
+
+impl MemoryFanout {
+    /// Whether anyone on this node follows `room`.
+    pub fn followed(&self, room: &str) -> bool {
+        lock(&self.rooms)
+            .channels
+            .get(room)
+            .is_some_and(|weak| weak.strong_count() > 0)
+    }
+
+    /// Follows `room` from now on.
+    pub fn follow(&self, room: &str) -> RoomFeed {
         let mut rooms = lock(&self.rooms);
         if let Some(channel) = rooms.channels.get(room).and_then(Weak::upgrade) {
             let rx = channel.tx.subscribe();
@@ -108,9 +124,9 @@ mod tests {
     #[test]
     fn a_room_is_freed_with_its_last_follower() {
         let fanout = MemoryFanout::new(16);
-        let a = fanout.subscribe("one");
-        let b = fanout.subscribe("one");
-        let c = fanout.subscribe("two");
+        let a = fanout.follow("one");
+        let b = fanout.follow("one");
+        let c = fanout.follow("two");
         assert_eq!(fanout.open_rooms(), 2);
         drop(a);
         assert_eq!(fanout.open_rooms(), 2);
@@ -120,7 +136,7 @@ mod tests {
         assert_eq!(fanout.open_rooms(), 0);
         // Dead entries do not pile up as rooms come and go.
         for n in 0..10_000 {
-            drop(fanout.subscribe(&format!("room{n}")));
+            drop(fanout.follow(&format!("room{n}")));
         }
         assert!(lock(&fanout.rooms).channels.len() <= 2 * SWEEP_MIN);
     }

@@ -7,6 +7,7 @@
 //! channel carries the events.
 
 mod memory;
+mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,8 +16,11 @@ use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 pub use memory::MemoryFanout;
+pub use redis::RedisFanout;
+pub(crate) use redis::parse_entry;
 
 use super::ConnId;
+use super::history::BoxFuture;
 use super::wire::text_frame;
 use crate::protocol::{Mode, ServerFrame};
 
@@ -30,8 +34,9 @@ pub trait Fanout: Send + Sync + fmt::Debug {
     /// Never blocks; an event for a room nobody follows is dropped.
     fn publish(&self, room: &str, event: Arc<Delivery>);
 
-    /// Follows `room` from now on.
-    fn subscribe(&self, room: &str) -> RoomFeed;
+    /// Follows `room`: every event published after this returns reaches
+    /// the feed (a shared backend waits here until its node follows the room).
+    fn subscribe(&self, room: &str) -> BoxFuture<'_, RoomFeed>;
 
     /// The id of the last message published to `room` since it last had
     /// followers, if known (for unread counts in `rooms` answers).
@@ -129,7 +134,11 @@ impl RoomFeed {
         self.seen_through = self.seen_through.max(id);
     }
 
-    fn fresh(&self, event: &Delivery) -> bool {
+    fn fresh(&mut self, event: &Delivery) -> bool {
+        if let ServerFrame::Gap { after: None, .. } = event.frame {
+            // The room's history started again: so do its ids.
+            self.seen_through = 0;
+        }
         event.id().is_none_or(|id| id > self.seen_through)
     }
 

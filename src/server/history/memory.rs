@@ -137,10 +137,10 @@ impl History for MemoryHistory {
         let empty: Vec<Arc<str>> = idle_rooms.into_iter().filter(|r| !occupied(r)).collect();
         let mut rooms = lock(&self.rooms);
         for room in empty {
-            if let Some(log) = rooms.get_mut(&room) {
-                if log.last_append.elapsed() >= idle {
-                    log.kept = VecDeque::new();
-                }
+            if let Some(log) = rooms.get_mut(&room)
+                && log.last_append.elapsed() >= idle
+            {
+                log.kept = VecDeque::new();
             }
         }
     }

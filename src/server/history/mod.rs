@@ -6,6 +6,7 @@
 //! process; [`SqliteHistory`] keeps everything in one SQLite file.
 
 mod memory;
+mod redis;
 mod sqlite;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use memory::MemoryHistory;
+pub use redis::RedisHistory;
 pub use sqlite::SqliteHistory;
 
 use super::ConnId;

@@ -44,7 +44,7 @@ impl MemoryPresence {
         lock(&self.state)
     }
 
-    fn rename_now(&self, id: ConnId, new: &str) -> Result<Arc<str>, Rejection> {
+    pub(super) fn rename_now(&self, id: ConnId, new: &str) -> Result<Arc<str>, Rejection> {
         let mut state = self.lock();
         let key = new.to_ascii_lowercase();
         if state.by_nick.get(&key).is_some_and(|&owner| owner != id) {
@@ -66,23 +66,57 @@ impl MemoryPresence {
     /// The room's nicks, sorted without regard to case. Only the nicks are
     /// taken under the lock (shared, not copied); sorting them, without an
     /// allocation per comparison, happens after it is released.
-    fn who_now(&self, room: &str) -> Vec<String> {
-        let mut nicks: Vec<Arc<str>> = {
-            let state = self.lock();
-            state
-                .members
-                .values()
-                .filter(|m| &*m.room == room)
-                .map(|m| m.nick.clone())
-                .collect()
-        };
-        nicks.sort_unstable_by(|a, b| {
-            a.bytes()
-                .map(|c| c.to_ascii_lowercase())
-                .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
-                .then_with(|| a.cmp(b))
-        });
-        nicks.iter().map(|n| n.to_string()).collect()
+    pub(super) fn who_now(&self, room: &str) -> Vec<String> {
+        sorted(self.nicks_in(room))
+    }
+
+    /// The nicks in `room`, shared, not copied.
+    pub(super) fn nicks_in(&self, room: &str) -> Vec<Arc<str>> {
+        let state = self.lock();
+        state
+            .members
+            .values()
+            .filter(|m| &*m.room == room)
+            .map(|m| m.nick.clone())
+            .collect()
+    }
+
+    /// Connection `id`'s nick and room, if it is registered here.
+    pub(super) fn place(&self, id: ConnId) -> Option<(Arc<str>, Arc<str>)> {
+        let state = self.lock();
+        let member = state.members.get(&id)?;
+        Some((member.nick.clone(), member.room.clone()))
+    }
+
+    /// Connection `id`'s resume secret.
+    pub(super) fn secret(&self, id: ConnId) -> Option<u128> {
+        self.lock().members.get(&id).map(|m| m.secret)
+    }
+
+    /// Every connection registered here.
+    pub(super) fn ids(&self) -> Vec<ConnId> {
+        self.lock().members.keys().copied().collect()
+    }
+
+    /// Removes connection `id` (another took its place) and returns its mailbox.
+    pub(super) fn evict(&self, id: ConnId) -> Option<Arc<Mailbox>> {
+        let mut state = self.lock();
+        let member = state.members.remove(&id)?;
+        if state.by_nick.get(&member.nick.to_ascii_lowercase()) == Some(&id) {
+            state.by_nick.remove(&member.nick.to_ascii_lowercase());
+        }
+        state.exit(&member.room);
+        Some(member.mailbox)
+    }
+
+    /// Rooms with members here and how many.
+    pub(super) fn room_sizes(&self) -> Vec<(Arc<str>, usize)> {
+        let state = self.lock();
+        state
+            .room_sizes
+            .iter()
+            .map(|(name, &size)| (name.clone(), size))
+            .collect()
     }
 
     fn rooms_now(&self) -> Vec<RoomInfo> {
@@ -102,7 +136,7 @@ impl MemoryPresence {
             .collect()
     }
 
-    fn send_now(&self, to: &str, message: &PrivateMessage) -> Result<String, Rejection> {
+    pub(super) fn send_now(&self, to: &str, message: &PrivateMessage) -> Result<String, Rejection> {
         let target = {
             let state = self.lock();
             state
@@ -126,6 +160,18 @@ impl MemoryPresence {
         }
         Ok(target.nick.to_string())
     }
+}
+
+/// Nicks sorted without regard to case (and without an allocation per
+/// comparison), then copied out.
+pub(super) fn sorted(mut nicks: Vec<Arc<str>>) -> Vec<String> {
+    nicks.sort_unstable_by(|a, b| {
+        a.bytes()
+            .map(|c| c.to_ascii_lowercase())
+            .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+            .then_with(|| a.cmp(b))
+    });
+    nicks.iter().map(|n| n.to_string()).collect()
 }
 
 impl Presence for MemoryPresence {

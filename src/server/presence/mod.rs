@@ -2,6 +2,7 @@
 //! delivery of private messages to a nick wherever it is connected.
 
 mod memory;
+mod redis;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 pub use memory::MemoryPresence;
+pub use redis::RedisPresence;
 
 use super::ConnId;
 use super::history::BoxFuture;
@@ -45,6 +47,24 @@ pub trait Presence: Send + Sync + fmt::Debug {
     /// announces nothing) and its mailbox is returned, to tell it it was
     /// replaced. `None` when `nick` is free or held by anyone else.
     fn hand_over(&self, nick: &str, secret: u128) -> Option<Arc<Mailbox>>;
+
+    /// Gives connection `id` the nick `nick` (already validated), taking
+    /// it from its holder if `secret` is the holder's resume secret (the
+    /// holder is then told it was replaced); returns the old nick.
+    ///
+    /// # Errors
+    /// `nick_taken` when another connection holds it.
+    fn take_nick(
+        &self,
+        id: ConnId,
+        nick: &str,
+        secret: Option<u128>,
+    ) -> BoxFuture<'_, Result<Arc<str>, Rejection>> {
+        if let Some(previous) = secret.and_then(|secret| self.hand_over(nick, secret)) {
+            previous.replace();
+        }
+        self.rename(id, nick)
+    }
 
     /// Gives connection `id` the nick `new` (already validated); returns the old one.
     ///

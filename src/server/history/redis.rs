@@ -1,0 +1,157 @@
+//! History in Redis: a stream per room, ids and the epoch in a meta hash.
+//!
+//! Storing a message is one round trip: a script gives it the room's next
+//! id (creating the epoch if the room has none, as after Redis lost its
+//! data), appends it to the stream (trimmed to about `--history`), and
+//! publishes it on the room's channel, all at once. The message reaches
+//! every node, this one included, through pub/sub ([`RedisFanout`]).
+//!
+//! [`RedisFanout`]: crate::server::fanout::RedisFanout
+
+use std::sync::Arc;
+
+use redis::streams::StreamRangeReply;
+
+use super::{BoxFuture, History, HistoryError, NewMessage, Page, Since, Stamp, Stored};
+use crate::protocol::now_ms;
+use crate::server::fanout::parse_entry;
+use crate::server::redis::{Body, RedisLink, origin_field};
+
+/// KEYS: meta, log. ARGV: channel, new epoch, max length, origin, body.
+const APPEND: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id .. '-0', 'o', ARGV[4], 'b', ARGV[5])
+redis.call('PUBLISH', ARGV[1], 'm ' .. id .. ' ' .. epoch .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
+return {id, epoch}
+";
+
+/// Messages kept in Redis streams, shared by every node.
+#[derive(Debug)]
+pub struct RedisHistory {
+    link: Arc<RedisLink>,
+    append: redis::Script,
+    /// Messages kept per room (approximately: streams are trimmed in whole nodes).
+    keep: usize,
+}
+
+impl RedisHistory {
+    /// History in the Redis behind `link`, about `keep` messages per room.
+    pub fn new(link: Arc<RedisLink>, keep: usize) -> Self {
+        Self {
+            link,
+            append: redis::Script::new(APPEND),
+            keep: keep.max(1),
+        }
+    }
+
+    fn unavailable(err: &redis::RedisError) -> HistoryError {
+        HistoryError::Unavailable(format!("Redis: {err}"))
+    }
+
+    async fn append_now(&self, message: NewMessage) -> Result<Stamp, HistoryError> {
+        let ts = now_ms();
+        let body = Body {
+            from: message.from.to_string(),
+            text: message.text,
+            ts,
+            cid: message.cid,
+        };
+        let body =
+            serde_json::to_string(&body).map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        let room = &message.room;
+        let mut conn = self.link.conn();
+        let (id, _epoch): (u64, String) = self
+            .link
+            .note(
+                self.append
+                    .key(self.link.meta(room))
+                    .key(self.link.log(room))
+                    .arg(self.link.channel(room))
+                    .arg(ts)
+                    .arg(self.keep)
+                    .arg(origin_field(message.origin))
+                    .arg(body)
+                    .invoke_async(&mut conn)
+                    .await,
+            )
+            .map_err(|err| Self::unavailable(&err))?;
+        Ok(Stamp { id, ts })
+    }
+
+    async fn read_now(&self, room: &str, since: Since, limit: usize) -> Result<Page, HistoryError> {
+        let (meta, log) = (self.link.meta(room), self.link.log(room));
+        let count = limit.max(1);
+        let mut pipe = redis::pipe();
+        // Reading a room gives it an epoch if it has none, so the epoch a
+        // client is told stays the one its later messages carry.
+        pipe.atomic()
+            .hset_nx(&meta, "epoch", now_ms())
+            .ignore()
+            .hget(&meta, "epoch");
+        let newest_first = match since {
+            Since::Recent => {
+                pipe.xrevrange_count(&log, "+", "-", count);
+                true
+            }
+            Since::After(after) => {
+                pipe.xrange_count(&log, format!("{}-0", after.saturating_add(1)), "+", count);
+                false
+            }
+            Since::Before(before) if before <= 1 => {
+                pipe.xrange_count(&log, "1-0", "0-1", 1);
+                false
+            }
+            Since::Before(before) => {
+                pipe.xrevrange_count(&log, format!("{}-0", before - 1), "-", count);
+                true
+            }
+        };
+        let mut conn = self.link.conn();
+        let (epoch, reply): (u64, StreamRangeReply) = self
+            .link
+            .note(pipe.query_async(&mut conn).await)
+            .map_err(|err| Self::unavailable(&err))?;
+        let mut messages: Vec<Stored> = reply
+            .ids
+            .iter()
+            .filter_map(parse_entry)
+            .map(|(id, _, body)| Stored {
+                id,
+                ts: body.ts,
+                from: body.from,
+                text: body.text,
+                cid: body.cid,
+            })
+            .take(limit)
+            .collect();
+        if newest_first {
+            messages.reverse();
+        }
+        Ok(Page { epoch, messages })
+    }
+}
+
+impl History for RedisHistory {
+    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Stamp, HistoryError>> {
+        Box::pin(self.append_now(message))
+    }
+
+    fn read(
+        &self,
+        room: &str,
+        since: Since,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, HistoryError>> {
+        let room = room.to_owned();
+        Box::pin(async move { self.read_now(&room, since, limit).await })
+    }
+
+    fn trouble(&self) -> Option<String> {
+        self.link.trouble()
+    }
+}

@@ -1,0 +1,632 @@
+//! Presence across nodes, in Redis.
+//!
+//! Each node keeps its own connections in a [`MemoryPresence`] (their
+//! mailboxes, modes and secrets never leave it) and mirrors who is where
+//! into Redis through its outbox: a hash of members per room and one per
+//! node. Nicks are leases (`SET NX PX`) owned by a connection of a node and
+//! refreshed by the node's heartbeat, which also keeps the node in a sorted
+//! set of live nodes. A node that stops beating is cleaned up by the first
+//! other node to notice: its members leave their rooms (with `left`
+//! notices) and its nicks are freed. Private messages to a nick on another
+//! node go to that node's inbox channel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::memory::sorted;
+use super::{Mailbox, Member, MemoryPresence, Presence, PrivateMessage};
+use crate::protocol::{ErrorCode, Rejection, RoomInfo, ServerFrame};
+use crate::server::fanout::{Delivery, Fanout};
+use crate::server::history::BoxFuture;
+use crate::server::redis::{RedisLink, node_name};
+use crate::server::{ConnId, lock};
+
+/// Takes a nick: KEYS nick key; ARGV value, ttl ms, owner prefix, secret.
+/// Returns false when another connection holds it (and the secret does not
+/// match), otherwise the previous value ('' if it was free).
+const CLAIM: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, #ARGV[3]) ~= ARGV[3] then
+  local secret = string.match(cur, '^%S+ %S+ (%S+) ')
+  if ARGV[4] == '' or secret ~= ARGV[4] then return false end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return cur or ''
+";
+
+/// Frees a nick if its lease is still the owner's: KEYS nick; ARGV owner prefix.
+const RELEASE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, #ARGV[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Extends a lease if it is still ours, or takes it again if it lapsed:
+/// KEYS nick; ARGV value, ttl ms.
+const REFRESH: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// What goes to another node's inbox.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "lowercase")]
+enum Letter {
+    /// A private message for the connection holding `to`.
+    Private {
+        to: String,
+        from: String,
+        text: String,
+        ts: u64,
+    },
+    /// Connection `seq` lost its nick to a resumed connection elsewhere.
+    Replaced { seq: u64 },
+}
+
+/// Presence shared by every node through Redis.
+#[derive(Debug)]
+pub struct RedisPresence {
+    local: MemoryPresence,
+    link: Arc<RedisLink>,
+    fanout: Arc<dyn Fanout>,
+    /// How long a lease lasts without a heartbeat.
+    ttl: Duration,
+    /// Nick leases this node's connections hold: connection -> (key, value).
+    leases: std::sync::Mutex<HashMap<ConnId, (String, String)>>,
+    claim: redis::Script,
+    release: redis::Script,
+    refresh: redis::Script,
+}
+
+impl RedisPresence {
+    /// Starts the node's presence: its heartbeat, its outbox writer, and
+    /// the reader of its inbox.
+    pub fn start(
+        link: Arc<RedisLink>,
+        fanout: Arc<dyn Fanout>,
+        inbox: mpsc::Receiver<Vec<u8>>,
+        ttl: Duration,
+    ) -> Arc<Self> {
+        let presence = Arc::new(Self {
+            local: MemoryPresence::default(),
+            link,
+            fanout,
+            ttl: ttl.max(Duration::from_secs(1)),
+            leases: std::sync::Mutex::new(HashMap::new()),
+            claim: redis::Script::new(CLAIM),
+            release: redis::Script::new(RELEASE),
+            refresh: redis::Script::new(REFRESH),
+        });
+        tokio::spawn(presence.clone().write());
+        tokio::spawn(presence.clone().beat());
+        tokio::spawn(presence.clone().read_inbox(inbox));
+        presence
+    }
+
+    /// `NODE SEQ `: how this connection's leases begin.
+    fn owner(&self, id: ConnId) -> String {
+        format!("{} {} ", node_name(id.node), id.seq)
+    }
+
+    /// The field naming a connection in a room's member hash.
+    fn field(id: ConnId) -> String {
+        format!("{}:{}", node_name(id.node), id.seq)
+    }
+
+    fn taken(nick: &str) -> Rejection {
+        Rejection::new(
+            ErrorCode::NickTaken,
+            format!("nickname {nick} is already in use"),
+        )
+    }
+
+    fn unavailable(err: &redis::RedisError) -> Rejection {
+        Rejection::new(
+            ErrorCode::Unavailable,
+            format!("Redis is unavailable: {err}"),
+        )
+    }
+
+    async fn take_now(
+        &self,
+        id: ConnId,
+        nick: String,
+        secret: Option<u128>,
+    ) -> Result<Arc<str>, Rejection> {
+        let lower = nick.to_ascii_lowercase();
+        // Another connection of this node: the local registry decides.
+        if let Some(previous) = secret.and_then(|secret| self.local.hand_over(&nick, secret)) {
+            previous.replace();
+        }
+        let key = self.link.nick(&lower);
+        let mine = self.local.place(id).is_some();
+        let secret_hex = secret.map(|s| format!("{s:032x}")).unwrap_or_default();
+        let own_secret = self.local_secret(id);
+        let value = format!("{}{own_secret:032x} {nick}", self.owner(id));
+        let mut conn = self.link.conn();
+        let mut previous = self.claim(&key, &value, id, &secret_hex).await?;
+        if previous.is_none() {
+            // Held by a connection of this node that has left (its lease
+            // is released by the writer, which may not have run yet).
+            let holder: Option<String> = self
+                .link
+                .note(conn.get(&key).await)
+                .map_err(|err| Self::unavailable(&err))?;
+            let gone = holder.as_deref().and_then(|holder| {
+                let mut parts = holder.split(' ');
+                let (node, seq, secret) = (parts.next()?, parts.next()?, parts.next()?);
+                let seq = seq.parse().ok()?;
+                let here = ConnId {
+                    node: self.link.node,
+                    seq,
+                };
+                (node == self.link.node_name() && self.local.place(here).is_none())
+                    .then(|| secret.to_owned())
+            });
+            if let Some(secret) = gone {
+                previous = self.claim(&key, &value, id, &secret).await?;
+            }
+        }
+        let Some(previous) = previous else {
+            return Err(Self::taken(&nick));
+        };
+        // Taken over from a connection on another node: tell it.
+        if let Some((node, seq)) = previous
+            .split_once(' ')
+            .and_then(|(node, rest)| Some((node, rest.split(' ').next()?)))
+            .filter(|(node, _)| *node != self.link.node_name())
+            && let Ok(seq) = seq.parse()
+        {
+            let letter = serde_json::to_string(&Letter::Replaced { seq }).unwrap_or_default();
+            let sent: redis::RedisResult<usize> = conn.publish(self.link.inbox(node), letter).await;
+            let _ = self.link.note(sent);
+        }
+        let old = match self.local.rename_now(id, &nick) {
+            Ok(old) => old,
+            Err(rejection) => {
+                self.release_lease(&key, id).await;
+                return Err(rejection);
+            }
+        };
+        if !mine {
+            return Ok(old);
+        }
+        let earlier = lock(&self.leases).insert(id, (key.clone(), value));
+        if let Some((earlier, _)) = earlier.filter(|(earlier, _)| *earlier != key) {
+            self.release_lease(&earlier, id).await;
+        }
+        self.link.outbox.changed(id);
+        Ok(old)
+    }
+
+    /// Runs the claim script: `None` when another connection holds the nick.
+    async fn claim(
+        &self,
+        key: &str,
+        value: &str,
+        id: ConnId,
+        secret: &str,
+    ) -> Result<Option<String>, Rejection> {
+        let mut conn = self.link.conn();
+        self.link
+            .note(
+                self.claim
+                    .key(key)
+                    .arg(value)
+                    .arg(self.ttl_ms())
+                    .arg(self.owner(id))
+                    .arg(secret)
+                    .invoke_async(&mut conn)
+                    .await,
+            )
+            .map_err(|err| Self::unavailable(&err))
+    }
+
+    /// The secret of a local connection (its lease carries it, so a
+    /// resuming client can take the nick over on any node).
+    fn local_secret(&self, id: ConnId) -> u128 {
+        self.local.secret(id).unwrap_or(0)
+    }
+
+    async fn release_lease(&self, key: &str, id: ConnId) {
+        let mut conn = self.link.conn();
+        let released: redis::RedisResult<u64> = self
+            .release
+            .key(key)
+            .arg(self.owner(id))
+            .invoke_async(&mut conn)
+            .await;
+        let _ = self.link.note(released);
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn who_now(&self, room: &str) -> Result<Vec<String>, Rejection> {
+        let mut conn = self.link.conn();
+        let everyone: HashMap<String, String> = self
+            .link
+            .note(conn.hgetall(self.link.members(room)).await)
+            .map_err(|err| Self::unavailable(&err))?;
+        // This node's own members as it knows them now (its writes to
+        // Redis may still be on their way).
+        let me = format!("{}:", self.link.node_name());
+        let mut nicks = self.local.nicks_in(room);
+        nicks.extend(
+            everyone
+                .into_iter()
+                .filter(|(field, _)| !field.starts_with(&me))
+                .map(|(_, nick)| Arc::from(nick)),
+        );
+        Ok(sorted(nicks))
+    }
+
+    async fn rooms_now(&self) -> Result<Vec<RoomInfo>, Rejection> {
+        let mut conn = self.link.conn();
+        let names: Vec<String> = self
+            .link
+            .note(conn.smembers(self.link.rooms()).await)
+            .map_err(|err| Self::unavailable(&err))?;
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.hkeys(self.link.members(name));
+        }
+        let fields: Vec<Vec<String>> = self
+            .link
+            .note(pipe.query_async(&mut conn).await)
+            .map_err(|err| Self::unavailable(&err))?;
+        let me = format!("{}:", self.link.node_name());
+        let mut sizes: HashMap<String, usize> = names
+            .into_iter()
+            .zip(fields)
+            .map(|(name, fields)| {
+                let others = fields.iter().filter(|f| !f.starts_with(&me)).count();
+                (name, others)
+            })
+            .collect();
+        for (name, size) in self.local.room_sizes() {
+            *sizes.entry(name.to_string()).or_default() += size;
+        }
+        let mut rooms: Vec<RoomInfo> = sizes
+            .into_iter()
+            .filter(|(_, members)| *members > 0)
+            .map(|(name, members)| RoomInfo {
+                name,
+                members,
+                last: None,
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(rooms)
+    }
+
+    async fn send_now(&self, to: &str, message: PrivateMessage) -> Result<String, Rejection> {
+        match self.local.send_now(to, &message) {
+            Err(rejection) if rejection.code == ErrorCode::NoSuchUser => {}
+            done => return done,
+        }
+        let mut conn = self.link.conn();
+        let lease: Option<String> = self
+            .link
+            .note(conn.get(self.link.nick(&to.to_ascii_lowercase())).await)
+            .map_err(|err| Self::unavailable(&err))?;
+        let no_such_user = || Rejection::new(ErrorCode::NoSuchUser, format!("no such user: {to}"));
+        let Some(lease) = lease else {
+            return Err(no_such_user());
+        };
+        let mut parts = lease.split(' ');
+        let (Some(node), Some(_seq), Some(_secret), Some(nick)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(no_such_user());
+        };
+        let letter = Letter::Private {
+            to: nick.to_owned(),
+            from: message.from,
+            text: message.text,
+            ts: message.ts,
+        };
+        let letter = serde_json::to_string(&letter).unwrap_or_default();
+        let heard: usize = self
+            .link
+            .note(conn.publish(self.link.inbox(node), letter).await)
+            .map_err(|err| Self::unavailable(&err))?;
+        if heard == 0 {
+            return Err(no_such_user());
+        }
+        Ok(nick.to_owned())
+    }
+
+    /// Reads what other nodes send to this one.
+    async fn read_inbox(self: Arc<Self>, mut inbox: mpsc::Receiver<Vec<u8>>) {
+        while let Some(payload) = inbox.recv().await {
+            match serde_json::from_slice::<Letter>(&payload) {
+                Ok(Letter::Private { to, from, text, ts }) => {
+                    let message = PrivateMessage { from, text, ts };
+                    if let Err(rejection) = self.local.send_now(&to, &message) {
+                        debug!(
+                            "private message from another node not delivered: {}",
+                            rejection.text
+                        );
+                    }
+                }
+                Ok(Letter::Replaced { seq }) => {
+                    let id = ConnId {
+                        node: self.link.node,
+                        seq,
+                    };
+                    if let Some(mailbox) = self.local.evict(id) {
+                        lock(&self.leases).remove(&id);
+                        self.link.outbox.changed(id);
+                        mailbox.replace();
+                    }
+                }
+                Err(err) => debug!("unreadable inbox message: {err}"),
+            }
+        }
+    }
+
+    /// Writes presence changes and publishes notices, in order (see
+    /// [`crate::server::redis::Outbox`]).
+    async fn write(self: Arc<Self>) {
+        // What Redis holds for each of this node's connections.
+        let mut mirror: HashMap<ConnId, (Arc<str>, Arc<str>)> = HashMap::new();
+        let node = self.link.node_name();
+        loop {
+            self.link.outbox.wake.notified().await;
+            if self
+                .link
+                .outbox
+                .resync
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                mirror.clear();
+                for id in self.local.ids() {
+                    self.link.outbox.changed(id);
+                }
+            }
+            let pending = self.link.outbox.take();
+            let mut pipe = redis::pipe();
+            let mut released = Vec::new();
+            let mut next = Vec::new();
+            for &id in &pending.changed {
+                let now = self.local.place(id);
+                let before = mirror.get(&id);
+                if now.as_ref() == before {
+                    continue;
+                }
+                let field = Self::field(id);
+                if let Some((_, room)) = before {
+                    pipe.hdel(self.link.members(room), &field).ignore();
+                }
+                match &now {
+                    Some((nick, room)) => {
+                        pipe.hset(self.link.members(room), &field, &**nick)
+                            .ignore()
+                            .sadd(self.link.rooms(), &**room)
+                            .ignore()
+                            .hset(
+                                self.link.node_members(&node),
+                                id.seq,
+                                format!("{room}\t{nick}"),
+                            )
+                            .ignore();
+                    }
+                    None => {
+                        pipe.hdel(self.link.node_members(&node), id.seq).ignore();
+                        if let Some((nick, _)) = before {
+                            released.push((self.link.nick(&nick.to_ascii_lowercase()), id));
+                        }
+                    }
+                }
+                next.push((id, now));
+            }
+            for (key, id) in &released {
+                pipe.invoke_script(self.release.key(key).arg(self.owner(*id)))
+                    .ignore();
+            }
+            for (channel, payload) in &pending.notices {
+                pipe.publish(channel, payload).ignore();
+            }
+            let mut conn = self.link.conn();
+            let written: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            match self.link.note(written) {
+                Ok(()) => {
+                    for (id, now) in next {
+                        match now {
+                            Some(place) => mirror.insert(id, place),
+                            None => mirror.remove(&id),
+                        };
+                    }
+                }
+                Err(_) => {
+                    // Try the changes again once Redis is back (the
+                    // heartbeat wakes this); the notices are lost.
+                    self.link.outbox.retry(pending.changed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// The node's heartbeat: stays in the set of live nodes, refreshes its
+    /// nick leases, and cleans up after nodes that stopped beating.
+    async fn beat(self: Arc<Self>) {
+        let node = self.link.node_name();
+        let mut tick = tokio::time::interval(self.ttl / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
+        loop {
+            tick.tick().await;
+            let now = crate::protocol::now_ms();
+            let until = now + self.ttl_ms() * 3 / 4;
+            let mut conn = self.link.conn();
+            let added: redis::RedisResult<u64> = conn.zadd(self.link.nodes(), &node, until).await;
+            match self.link.note(added) {
+                Ok(1) if !first => {
+                    // This node was given up for dead, or Redis lost its
+                    // data: write everything again.
+                    warn!("this node was missing from Redis; registering its users again");
+                    self.link
+                        .outbox
+                        .resync
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+            first = false;
+            // Wake the writer: it retries what failed while Redis was away.
+            self.link.outbox.wake.notify_one();
+            self.refresh_leases().await;
+            self.reap(now).await;
+        }
+    }
+
+    async fn refresh_leases(&self) {
+        let leases: Vec<(String, String)> = lock(&self.leases).values().cloned().collect();
+        if leases.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (key, value) in &leases {
+            pipe.invoke_script(self.refresh.key(key).arg(value).arg(self.ttl_ms()))
+                .ignore();
+        }
+        let mut conn = self.link.conn();
+        let refreshed: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        let _ = self.link.note(refreshed);
+    }
+
+    /// Cleans up after every node whose heartbeat stopped before `now`.
+    async fn reap(&self, now: u64) {
+        let mut conn = self.link.conn();
+        let dead: Vec<String> = match conn.zrangebyscore(self.link.nodes(), "-inf", now).await {
+            Ok(dead) => dead,
+            Err(err) => return self.link.failed(&err),
+        };
+        for node in dead {
+            // Only the node that removes it cleans up after it.
+            let won: redis::RedisResult<u64> = conn.zrem(self.link.nodes(), &node).await;
+            if !matches!(won, Ok(1)) {
+                continue;
+            }
+            let members: HashMap<u64, String> = conn
+                .hgetall(self.link.node_members(&node))
+                .await
+                .unwrap_or_default();
+            info!(
+                "node {node} stopped answering; {} of its connection(s) leave",
+                members.len()
+            );
+            let mut pipe = redis::pipe();
+            let mut left = Vec::new();
+            for (seq, place) in &members {
+                let Some((room, nick)) = place.split_once('\t') else {
+                    continue;
+                };
+                pipe.hdel(self.link.members(room), format!("{node}:{seq}"))
+                    .ignore();
+                pipe.invoke_script(
+                    self.release
+                        .key(self.link.nick(&nick.to_ascii_lowercase()))
+                        .arg(format!("{node} {seq} ")),
+                )
+                .ignore();
+                left.push((room.to_owned(), nick.to_owned(), *seq));
+            }
+            pipe.del(self.link.node_members(&node)).ignore();
+            let cleaned: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            if self.link.note(cleaned).is_err() {
+                continue;
+            }
+            let node_id = u64::from_str_radix(&node, 16).unwrap_or(0);
+            for (room, nick, seq) in left {
+                let frame = ServerFrame::Left {
+                    room: room.clone(),
+                    nick,
+                };
+                let origin = ConnId { node: node_id, seq };
+                self.fanout
+                    .publish(&room, Arc::new(Delivery::new(origin, frame, None)));
+            }
+        }
+    }
+}
+
+impl Presence for RedisPresence {
+    fn register(&self, id: ConnId, member: Member) {
+        self.local.register(id, member);
+        self.link.outbox.changed(id);
+    }
+
+    fn unregister(&self, id: ConnId) -> Option<(Arc<str>, Arc<str>)> {
+        let gone = self.local.unregister(id);
+        lock(&self.leases).remove(&id);
+        self.link.outbox.changed(id);
+        gone
+    }
+
+    fn set_room(&self, id: ConnId, room: Arc<str>) {
+        self.local.set_room(id, room);
+        self.link.outbox.changed(id);
+    }
+
+    fn room_size(&self, room: &str) -> usize {
+        self.local.room_size(room)
+    }
+
+    fn room_count(&self) -> usize {
+        self.local.room_count()
+    }
+
+    fn hand_over(&self, nick: &str, secret: u128) -> Option<Arc<Mailbox>> {
+        self.local.hand_over(nick, secret)
+    }
+
+    fn take_nick(
+        &self,
+        id: ConnId,
+        nick: &str,
+        secret: Option<u128>,
+    ) -> BoxFuture<'_, Result<Arc<str>, Rejection>> {
+        Box::pin(self.take_now(id, nick.to_owned(), secret))
+    }
+
+    fn rename(&self, id: ConnId, new: &str) -> BoxFuture<'_, Result<Arc<str>, Rejection>> {
+        Box::pin(self.take_now(id, new.to_owned(), None))
+    }
+
+    fn who(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, Rejection>> {
+        let room = room.to_owned();
+        Box::pin(async move { self.who_now(&room).await })
+    }
+
+    fn rooms(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, Rejection>> {
+        Box::pin(self.rooms_now())
+    }
+
+    fn send_private(
+        &self,
+        to: &str,
+        message: PrivateMessage,
+    ) -> BoxFuture<'_, Result<String, Rejection>> {
+        let to = to.to_owned();
+        Box::pin(async move { self.send_now(&to, message).await })
+    }
+}

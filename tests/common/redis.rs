@@ -1,0 +1,86 @@
+//! A real `redis-server` for a test: its own process on a free port, no
+//! persistence, gone when the test ends.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::{free_port, within};
+
+const REDIS_SERVER: &str = "redis-server";
+
+/// A Redis server owned by one test.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    /// Starts one, or `None` (after saying why) when `redis-server` is not
+    /// installed and this is not CI; under `CI=true` its absence fails.
+    pub async fn start() -> Option<Self> {
+        let installed = std::process::Command::new(REDIS_SERVER)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "redis-server is needed (apt-get install redis-server)"
+            );
+            eprintln!("SKIPPED: the Redis tests need redis-server (apt-get install redis-server)");
+            return None;
+        }
+        Some(Self::on_port(free_port()).await)
+    }
+
+    /// Starts one on `port` and waits until it accepts connections.
+    pub async fn on_port(port: u16) -> Self {
+        let mut child = Command::new(REDIS_SERVER)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redis-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        within("redis-server to start", async {
+            while let Some(line) = lines.next_line().await.expect("read") {
+                if line.contains("Ready to accept connections") {
+                    return;
+                }
+            }
+            panic!("redis-server ended before it was ready");
+        })
+        .await;
+        // Keep reading so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { port, child }
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A plain connection for a test to look at or disturb Redis.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("client");
+        within(
+            "a Redis connection",
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .expect("connect to Redis")
+    }
+
+    /// Kills it (as a crash would), losing everything it held.
+    pub async fn kill(mut self) -> u16 {
+        let _ = self.child.kill().await;
+        self.port
+    }
+}
