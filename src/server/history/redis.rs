@@ -34,7 +34,6 @@ return {id, epoch}
 #[derive(Debug)]
 pub struct RedisHistory {
     link: Arc<RedisLink>,
-    append: redis::Script,
     /// Messages kept per room (approximately: streams are trimmed in whole nodes).
     keep: usize,
 }
@@ -44,7 +43,6 @@ impl RedisHistory {
     pub fn new(link: Arc<RedisLink>, keep: usize) -> Self {
         Self {
             link,
-            append: redis::Script::new(APPEND),
             keep: keep.max(1),
         }
     }
@@ -65,18 +63,23 @@ impl RedisHistory {
             serde_json::to_string(&body).map_err(|e| HistoryError::Unavailable(e.to_string()))?;
         let room = &message.room;
         let mut conn = self.link.conn();
+        // EVAL, not EVALSHA: a script Redis does not know yet (after a
+        // restart) would be retried after the sender's later messages, out
+        // of order. Redis caches the compiled script either way.
         let (id, _epoch): (u64, String) = self
             .link
             .note(
-                self.append
-                    .key(self.link.meta(room))
-                    .key(self.link.log(room))
+                redis::cmd("EVAL")
+                    .arg(APPEND)
+                    .arg(2)
+                    .arg(self.link.meta(room))
+                    .arg(self.link.log(room))
                     .arg(self.link.channel(room))
                     .arg(ts)
                     .arg(self.keep)
                     .arg(origin_field(message.origin))
                     .arg(body)
-                    .invoke_async(&mut conn)
+                    .query_async(&mut conn)
                     .await,
             )
             .map_err(|err| Self::unavailable(&err))?;

@@ -89,7 +89,6 @@ pub struct RedisPresence {
     leases: std::sync::Mutex<HashMap<ConnId, (String, String)>>,
     claim: redis::Script,
     release: redis::Script,
-    refresh: redis::Script,
 }
 
 impl RedisPresence {
@@ -109,7 +108,6 @@ impl RedisPresence {
             leases: std::sync::Mutex::new(HashMap::new()),
             claim: redis::Script::new(CLAIM),
             release: redis::Script::new(RELEASE),
-            refresh: redis::Script::new(REFRESH),
         });
         tokio::spawn(presence.clone().write());
         tokio::spawn(presence.clone().beat());
@@ -437,11 +435,13 @@ impl RedisPresence {
                 next.push((id, now));
             }
             for (key, id) in &released {
-                pipe.invoke_script(self.release.key(key).arg(self.owner(*id)))
-                    .ignore();
+                eval(&mut pipe, RELEASE, key, &[&self.owner(*id)]);
             }
             for (channel, payload) in &pending.notices {
                 pipe.publish(channel, payload).ignore();
+            }
+            if next.is_empty() && released.is_empty() && pending.notices.is_empty() {
+                continue;
             }
             let mut conn = self.link.conn();
             let written: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
@@ -504,9 +504,9 @@ impl RedisPresence {
             return;
         }
         let mut pipe = redis::pipe();
+        let ttl = self.ttl_ms().to_string();
         for (key, value) in &leases {
-            pipe.invoke_script(self.refresh.key(key).arg(value).arg(self.ttl_ms()))
-                .ignore();
+            eval(&mut pipe, REFRESH, key, &[value, &ttl]);
         }
         let mut conn = self.link.conn();
         let refreshed: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
@@ -542,12 +542,8 @@ impl RedisPresence {
                 };
                 pipe.hdel(self.link.members(room), format!("{node}:{seq}"))
                     .ignore();
-                pipe.invoke_script(
-                    self.release
-                        .key(self.link.nick(&nick.to_ascii_lowercase()))
-                        .arg(format!("{node} {seq} ")),
-                )
-                .ignore();
+                let key = self.link.nick(&nick.to_ascii_lowercase());
+                eval(&mut pipe, RELEASE, &key, &[&format!("{node} {seq} ")]);
                 left.push((room.to_owned(), nick.to_owned(), *seq));
             }
             pipe.del(self.link.node_members(&node)).ignore();
@@ -567,6 +563,18 @@ impl RedisPresence {
             }
         }
     }
+}
+
+/// Adds a script with one key to a pipeline. EVAL, not EVALSHA: a
+/// pipeline cannot load a script Redis does not know (it does not after a
+/// restart), and Redis caches the compiled script either way.
+fn eval(pipe: &mut redis::Pipeline, script: &str, key: &str, args: &[&str]) {
+    pipe.cmd("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg(key)
+        .arg(args)
+        .ignore();
 }
 
 impl Presence for RedisPresence {

@@ -1,0 +1,463 @@
+//! Several server processes on one real Redis form one chat: fan-out, ids,
+//! nicks, presence and private messages across nodes; resuming on another
+//! node; a node killed; Redis restarted; a pub/sub connection killed.
+//!
+//! Each test starts its own `redis-server` (skipped, loudly, only when it
+//! is not installed outside CI).
+
+mod common;
+
+use common::redis::RedisServer;
+use common::{Peer, Proc, http_request, spawn_server, within};
+use wschat::protocol::{ErrorCode, ServerFrame};
+
+/// A server process on `redis`, with a short presence TTL and no flood
+/// control (the tests send in bursts).
+async fn node(redis: &RedisServer) -> (Proc, String) {
+    spawn_server(&[
+        "--redis",
+        &redis.url(),
+        "--presence-ttl",
+        "2",
+        "--rate",
+        "0",
+    ])
+    .await
+}
+
+/// A JSON peer called `nick` in `room`, past its welcome and own `joined`;
+/// returns it with the room's epoch.
+async fn join_as(url: &str, nick: &str, room: &str) -> (Peer, u64) {
+    let (peer, epoch, _) = resume_as(url, nick, room, "").await;
+    (peer, epoch)
+}
+
+/// [`join_as`] with a resume secret (`""` for none); also returns the new
+/// connection's own secret.
+async fn resume_as(url: &str, nick: &str, room: &str, resume: &str) -> (Peer, u64, String) {
+    let mut peer = Peer::json(&format!("{url}/?nick={nick}&room={room}&resume={resume}")).await;
+    let ServerFrame::Welcome {
+        epoch,
+        nick: got,
+        resume,
+        ..
+    } = peer.frame().await
+    else {
+        panic!("expected welcome");
+    };
+    assert_eq!(got, nick);
+    wait_for(
+        &mut peer,
+        |frame| matches!(frame, ServerFrame::Joined { nick: n, .. } if n == nick),
+    )
+    .await;
+    (peer, epoch, resume.expect("a resume secret"))
+}
+
+/// Reads frames until one matches; returns it.
+async fn wait_for(peer: &mut Peer, wanted: impl Fn(&ServerFrame) -> bool) -> ServerFrame {
+    loop {
+        let frame = peer.frame().await;
+        if wanted(&frame) {
+            return frame;
+        }
+    }
+}
+
+async fn say(peer: &mut Peer, text: &str) {
+    peer.send(&format!(
+        r#"{{"type":"say","text":"{text}","cid":"{text}"}}"#
+    ))
+    .await;
+}
+
+/// Sends `text` and waits for its acknowledgement; returns its id.
+async fn said(peer: &mut Peer, text: &str) -> u64 {
+    say(peer, text).await;
+    let ack = wait_for(peer, |frame| {
+        matches!(frame, ServerFrame::Message { cid: Some(c), .. } if c == text)
+            || matches!(frame, ServerFrame::Error { cid: Some(c), .. } if c == text)
+    })
+    .await;
+    match ack {
+        ServerFrame::Message { id, .. } => id,
+        other => panic!("{text:?} not stored: {other:?}"),
+    }
+}
+
+/// The next chat message a peer receives: (id, from, text).
+async fn message(peer: &mut Peer) -> (u64, String, String) {
+    match wait_for(peer, |frame| matches!(frame, ServerFrame::Message { .. })).await {
+        ServerFrame::Message { id, from, text, .. } => (id, from, text),
+        _ => unreachable!(),
+    }
+}
+
+/// Sends `who` and returns the nicks.
+async fn who(peer: &mut Peer) -> Vec<String> {
+    peer.send(r#"{"type":"who"}"#).await;
+    match wait_for(peer, |frame| matches!(frame, ServerFrame::Members { .. })).await {
+        ServerFrame::Members { nicks, .. } => nicks,
+        _ => unreachable!(),
+    }
+}
+
+macro_rules! redis_or_skip {
+    () => {
+        match RedisServer::start().await {
+            Some(redis) => redis,
+            None => return,
+        }
+    };
+}
+
+#[tokio::test]
+async fn messages_and_notices_reach_every_node_in_both_modes() {
+    let redis = redis_or_skip!();
+    let (_a, url_a) = node(&redis).await;
+    let (_b, url_b) = node(&redis).await;
+    let (mut alice, _) = join_as(&url_a, "alice", "lobby").await;
+    let mut bob = Peer::plain_raw(&format!("{url_b}/?nick=bob")).await;
+    bob.expect(wschat::protocol::WELCOME).await;
+    bob.expect("* bob joined lobby").await;
+    // Alice, on the other node, hears bob arrive.
+    wait_for(
+        &mut alice,
+        |f| matches!(f, ServerFrame::Joined { nick, .. } if nick == "bob"),
+    )
+    .await;
+
+    assert_eq!(said(&mut alice, "hello").await, 1);
+    bob.expect("alice: hello").await;
+    // (A plain-mode sender does not get its own line back.)
+    bob.send("hi alice").await;
+    assert_eq!(
+        message(&mut alice).await,
+        (2, "bob".into(), "hi alice".into())
+    );
+}
+
+#[tokio::test]
+async fn ids_go_up_by_one_with_publishers_on_two_nodes_and_each_sender_keeps_its_order() {
+    let redis = redis_or_skip!();
+    let (_a, url_a) = node(&redis).await;
+    let (_b, url_b) = node(&redis).await;
+    let (mut watch_a, _) = join_as(&url_a, "wa", "race").await;
+    let (mut watch_b, _) = join_as(&url_b, "wb", "race").await;
+    let (mut one, _) = join_as(&url_a, "one", "race").await;
+    let (mut two, _) = join_as(&url_b, "two", "race").await;
+    const EACH: usize = 60;
+    for n in 0..EACH {
+        say(&mut one, &format!("one-{n}")).await;
+        say(&mut two, &format!("two-{n}")).await;
+    }
+    let mut seen = Vec::new();
+    for watcher in [&mut watch_a, &mut watch_b] {
+        let mut got = Vec::new();
+        for _ in 0..2 * EACH {
+            got.push(message(watcher).await);
+        }
+        let ids: Vec<u64> = got.iter().map(|m| m.0).collect();
+        assert_eq!(ids, (1..=2 * EACH as u64).collect::<Vec<_>>());
+        for sender in ["one", "two"] {
+            let texts: Vec<&str> = got
+                .iter()
+                .filter(|m| m.1 == sender)
+                .map(|m| m.2.as_str())
+                .collect();
+            let sent: Vec<String> = (0..EACH).map(|n| format!("{sender}-{n}")).collect();
+            assert_eq!(texts, sent, "{sender}'s messages in the order sent");
+        }
+        seen.push(got);
+    }
+    // Both nodes delivered the same sequence.
+    assert_eq!(seen[0], seen[1]);
+}
+
+#[tokio::test]
+async fn a_nick_is_unique_across_nodes_and_who_and_rooms_see_every_node() {
+    let redis = redis_or_skip!();
+    let (_a, url_a) = node(&redis).await;
+    let (_b, url_b) = node(&redis).await;
+    let (mut alice, _) = join_as(&url_a, "alice", "lobby").await;
+    let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
+    let (mut carol, _) = join_as(&url_b, "carol", "rust").await;
+
+    // Taken on the other node, in any case.
+    carol.send(r#"{"type":"nick","nick":"ALICE"}"#).await;
+    let refused = wait_for(&mut carol, |f| matches!(f, ServerFrame::Error { .. })).await;
+    assert!(
+        matches!(
+            refused,
+            ServerFrame::Error {
+                code: ErrorCode::NickTaken,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+
+    assert_eq!(who(&mut alice).await, ["alice", "bob"]);
+    assert_eq!(who(&mut bob).await, ["alice", "bob"]);
+    alice.send(r#"{"type":"rooms"}"#).await;
+    let rooms = wait_for(&mut alice, |f| matches!(f, ServerFrame::Rooms { .. })).await;
+    let ServerFrame::Rooms { rooms, .. } = rooms else {
+        unreachable!()
+    };
+    let rooms: Vec<(String, usize)> = rooms.into_iter().map(|r| (r.name, r.members)).collect();
+    assert_eq!(rooms, [("lobby".into(), 2), ("rust".into(), 1)]);
+
+    // Leaving is seen on the other node, and frees the nick everywhere.
+    bob.close().await;
+    wait_for(
+        &mut alice,
+        |f| matches!(f, ServerFrame::Left { nick, .. } if nick == "bob"),
+    )
+    .await;
+    assert_eq!(who(&mut alice).await, ["alice"]);
+    carol.send(r#"{"type":"nick","nick":"bob"}"#).await;
+    wait_for(
+        &mut carol,
+        |f| matches!(f, ServerFrame::Renamed { new, .. } if new == "bob"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_private_message_reaches_only_its_recipient_on_another_node() {
+    let redis = redis_or_skip!();
+    let (_a, url_a) = node(&redis).await;
+    let (_b, url_b) = node(&redis).await;
+    let (mut alice, _) = join_as(&url_a, "alice", "lobby").await;
+    let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
+    let (mut carol, _) = join_as(&url_b, "carol", "lobby").await;
+
+    alice
+        .send(r#"{"type":"private","to":"BOB","text":"psst","cid":"p1"}"#)
+        .await;
+    let ack = wait_for(&mut alice, |f| matches!(f, ServerFrame::Private { .. })).await;
+    assert!(
+        matches!(&ack, ServerFrame::Private { to, cid: Some(c), .. } if to == "bob" && c == "p1"),
+        "{ack:?}"
+    );
+    let got = wait_for(&mut bob, |f| matches!(f, ServerFrame::Private { .. })).await;
+    assert!(
+        matches!(&got, ServerFrame::Private { from, text, cid: None, .. } if from == "alice" && text == "psst"),
+        "{got:?}"
+    );
+    // Carol's next message is the marker sent after it: she never saw it.
+    said(&mut alice, "marker").await;
+    loop {
+        match carol.frame().await {
+            ServerFrame::Private { .. } => panic!("carol got the private message"),
+            ServerFrame::Message { text, .. } if text == "marker" => break,
+            _ => {}
+        }
+    }
+    // A nick nobody holds.
+    alice
+        .send(r#"{"type":"private","to":"dave","text":"hi","cid":"p2"}"#)
+        .await;
+    let refused = wait_for(&mut alice, |f| matches!(f, ServerFrame::Error { .. })).await;
+    assert!(matches!(
+        refused,
+        ServerFrame::Error {
+            code: ErrorCode::NoSuchUser,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
+    let redis = redis_or_skip!();
+    let (_a, url_a) = node(&redis).await;
+    let (_b, url_b) = node(&redis).await;
+    let (mut alice, epoch, secret) = resume_as(&url_a, "alice", "lobby", "").await;
+    let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
+    for n in 1..=3 {
+        said(&mut bob, &format!("m{n}")).await;
+    }
+    for n in 1..=3 {
+        assert_eq!(message(&mut alice).await.0, n);
+    }
+    // Alice's connection breaks; she comes back on the other node with
+    // her resume secret (taking her nick over at once) and asks for what
+    // came after 3.
+    alice.reset();
+    for n in 4..=5 {
+        said(&mut bob, &format!("m{n}")).await;
+    }
+    let (mut alice, again, _) = resume_as(&url_b, "alice", "lobby", &secret).await;
+    assert_eq!(again, epoch, "one epoch on every node");
+    alice
+        .send(&format!(
+            r#"{{"type":"join","room":"lobby","after":3,"epoch":{epoch}}}"#
+        ))
+        .await;
+    said(&mut bob, "m6").await;
+    let ids: Vec<u64> = [
+        message(&mut alice).await.0,
+        message(&mut alice).await.0,
+        message(&mut alice).await.0,
+    ]
+    .into();
+    assert_eq!(ids, [4, 5, 6]);
+}
+
+#[tokio::test]
+async fn a_killed_node_s_users_leave_and_free_their_nicks_within_the_ttl() {
+    let redis = redis_or_skip!();
+    let (a, url_a) = node(&redis).await;
+    let (_b, url_b) = node(&redis).await;
+    let (_alice, _) = join_as(&url_a, "alice", "lobby").await;
+    let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
+    assert_eq!(who(&mut bob).await, ["alice", "bob"]);
+    a.signal("KILL");
+    // Within the TTL (2 s) and a heartbeat, bob's node cleans up after it.
+    wait_for(
+        &mut bob,
+        |f| matches!(f, ServerFrame::Left { nick, .. } if nick == "alice"),
+    )
+    .await;
+    assert_eq!(who(&mut bob).await, ["bob"]);
+    let (_alice, _) = join_as(&url_b, "alice", "lobby").await;
+}
+
+#[tokio::test]
+async fn a_redis_outage_answers_unavailable_then_chat_resumes_on_a_new_epoch() {
+    let redis = redis_or_skip!();
+    let (_a, url) = node(&redis).await;
+    let addr: std::net::SocketAddr = url.trim_start_matches("ws://").parse().expect("addr");
+    let (mut alice, epoch) = join_as(&url, "alice", "lobby").await;
+    assert_eq!(said(&mut alice, "before").await, 1);
+    assert_eq!(healthz(addr).await, 200);
+
+    let port = redis.kill().await;
+    say(&mut alice, "during").await;
+    let refused = wait_for(&mut alice, |f| {
+        matches!(f, ServerFrame::Error { .. } | ServerFrame::Message { .. })
+    })
+    .await;
+    assert!(
+        matches!(refused, ServerFrame::Error { code: ErrorCode::Unavailable, cid: Some(ref c), .. } if c == "during"),
+        "{refused:?}"
+    );
+    assert_eq!(healthz(addr).await, 503);
+
+    // Redis comes back empty: a new epoch, announced with a gap before
+    // the first message stored in it, whose id is 1.
+    let _redis = RedisServer::on_port(port).await;
+    let mut new_epoch = None;
+    within("a send to be stored again", async {
+        for n in 1.. {
+            let text = format!("after{n}");
+            say(&mut alice, &text).await;
+            loop {
+                match alice.frame().await {
+                    ServerFrame::Gap {
+                        epoch, after: None, ..
+                    } => new_epoch = Some(epoch),
+                    ServerFrame::Message {
+                        id, cid: Some(c), ..
+                    } if c == text => {
+                        assert_eq!(id, 1);
+                        return;
+                    }
+                    ServerFrame::Error {
+                        cid: Some(c), code, ..
+                    } if c == text => {
+                        assert_eq!(code, ErrorCode::Unavailable);
+                        // Redis is not back yet for this node: try again shortly.
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await;
+    let new_epoch = new_epoch.expect("a gap before the new epoch's first message");
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(healthz(addr).await, 200);
+}
+
+/// `/healthz`'s status.
+async fn healthz(addr: std::net::SocketAddr) -> u16 {
+    http_request(addr, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await
+}
+
+#[tokio::test]
+async fn a_killed_pubsub_connection_is_replaced_and_nothing_is_lost() {
+    let redis = redis_or_skip!();
+    let (_a, url_a) = node(&redis).await;
+    let (_b, url_b) = node(&redis).await;
+    let (mut sender, _) = join_as(&url_a, "sender", "lobby").await;
+    let (mut reader, _) = join_as(&url_b, "reader", "lobby").await;
+    let mut admin = redis.connection().await;
+    const COUNT: u64 = 300;
+    for n in 1..=COUNT {
+        say(&mut sender, &format!("m{n}")).await;
+        if n % 100 == 50 {
+            let killed: u64 = redis::cmd("CLIENT")
+                .arg(&["KILL", "TYPE", "pubsub"])
+                .query_async(&mut admin)
+                .await
+                .expect("CLIENT KILL");
+            if n == 50 {
+                assert_eq!(killed, 2, "both nodes' pub/sub connections killed");
+            }
+        }
+    }
+    let mut ids = Vec::new();
+    while ids.len() < COUNT as usize {
+        ids.push(message(&mut reader).await.0);
+    }
+    assert_eq!(ids, (1..=COUNT).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn redis_and_db_together_exit_2_and_an_unreachable_redis_exits_1() {
+    let mut both = Proc::spawn(
+        env!("CARGO_BIN_EXE_server"),
+        &[
+            "--port",
+            "0",
+            "--db",
+            "x.db",
+            "--redis",
+            "redis://127.0.0.1:1",
+        ],
+        &[],
+    );
+    assert_eq!(both.exit_code().await, 2);
+    let lines = both.err_rest().await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("--redis") && l.contains("--db")),
+        "{lines:?}"
+    );
+
+    let port = common::free_port();
+    let mut missing = Proc::spawn(
+        env!("CARGO_BIN_EXE_server"),
+        &[
+            "--port",
+            "0",
+            "--redis",
+            &format!("redis://127.0.0.1:{port}"),
+        ],
+        &[],
+    );
+    assert_eq!(missing.exit_code().await, 1);
+    let lines = missing.err_rest().await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "error: cannot use Redis at redis://127.0.0.1:{port}: "
+        )),
+        "{lines:?}"
+    );
+}
