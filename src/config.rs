@@ -461,9 +461,15 @@ impl ServerConfig {
 )]
 pub struct ClientConfig {
     /// Server to connect to: ws://HOST:PORT or wss://HOST:PORT (a bare
-    /// HOST:PORT means ws://).
-    #[arg(env = "WSCHAT_URL", default_value = "ws://127.0.0.1:2000")]
-    pub url: String,
+    /// HOST:PORT means ws://). Several servers of one chat may be given:
+    /// when one fails, the next is tried, and the chat resumes there.
+    #[arg(
+        env = "WSCHAT_URL",
+        default_value = "ws://127.0.0.1:2000",
+        num_args = 1..,
+        value_name = "URL"
+    )]
+    pub urls: Vec<String>,
 
     /// Nickname to take on connecting.
     #[arg(long)]

@@ -80,6 +80,8 @@ pub(super) struct Client<'o> {
     /// before it notices the old connection is gone. `None` from servers
     /// that do not apply `?nick=` and `?room=` themselves.
     resume: Option<String>,
+    /// Which of the configured servers is in use.
+    current: usize,
 }
 
 impl<'o> Client<'o> {
@@ -116,15 +118,18 @@ impl<'o> Client<'o> {
             connector: None,
             welcomed_in: String::new(),
             resume: None,
+            current: 0,
         }
     }
 
     pub(super) async fn run(&mut self) -> i32 {
-        match websocket_url(&self.config.url) {
-            Ok(url) => self.config.url = url,
-            Err(reason) => {
-                self.status(&format!("error: {reason}"));
-                return 2;
+        for url in &mut self.config.urls {
+            match websocket_url(url) {
+                Ok(full) => *url = full,
+                Err(reason) => {
+                    self.out.status(&format!("error: {reason}"));
+                    return 2;
+                }
             }
         }
         if let Some(nick) = &self.config.nick
@@ -139,7 +144,8 @@ impl<'o> Client<'o> {
             self.status(&format!("error: {}", rejection.text));
             return 2;
         }
-        if self.config.url.starts_with("wss://") || self.config.ca_cert.is_some() {
+        let any_tls = self.config.urls.iter().any(|url| url.starts_with("wss://"));
+        if any_tls || self.config.ca_cert.is_some() {
             match crate::tls::connector(self.config.ca_cert.as_deref()) {
                 Ok(connector) => self.connector = Some(connector),
                 Err(err) => {
@@ -150,12 +156,14 @@ impl<'o> Client<'o> {
             }
         }
         let mut attempt: u32 = 0;
+        // Servers tried in a row without getting through.
+        let mut failed_in_a_row = 0;
         loop {
             let lost = match self.connect().await {
                 Ok(ws) => {
                     attempt = 0;
-                    self.out
-                        .status(&format!("connected to {}", self.config.url));
+                    failed_in_a_row = 0;
+                    self.out.status(&format!("connected to {}", self.url()));
                     match self.session(ws).await {
                         SessionEnd::Finished => return 0,
                         SessionEnd::GaveUp => return self.give_up(),
@@ -168,7 +176,7 @@ impl<'o> Client<'o> {
                     }
                 }
                 Err(failure) => {
-                    let url = &self.config.url;
+                    let url = self.url();
                     self.status(&format!("cannot connect to {url}: {}", failure.reason));
                     if failure.permanent {
                         return 2;
@@ -176,6 +184,17 @@ impl<'o> Client<'o> {
                     false
                 }
             };
+            // The next server of the list, at once while some are untried.
+            failed_in_a_row += 1;
+            self.current = (self.current + 1) % self.config.urls.len();
+            if failed_in_a_row < self.config.urls.len() && !(lost && self.config.no_reconnect) {
+                if lost {
+                    self.out
+                        .status(&format!("connection lost, trying {}", self.url()));
+                }
+                continue;
+            }
+            failed_in_a_row = 0;
             if self.config.no_reconnect {
                 if lost {
                     self.status("connection lost");
@@ -201,6 +220,11 @@ impl<'o> Client<'o> {
                 return self.give_up();
             }
         }
+    }
+
+    /// The server being connected to.
+    fn url(&self) -> &str {
+        &self.config.urls[self.current]
     }
 
     /// True when input has ended and nothing is left to deliver.
@@ -287,7 +311,7 @@ impl<'o> Client<'o> {
         if let Some(connector) = &self.connector {
             builder = builder.connector(connector);
         }
-        let tls = self.config.url.starts_with("wss://");
+        let tls = self.url().starts_with("wss://");
         match timeout(CONNECT_TIMEOUT, builder.connect()).await {
             Ok(Ok((ws, _response))) => Ok(ws),
             Ok(Err(err)) => Err(failure(&err, tls)),
@@ -311,9 +335,9 @@ impl<'o> Client<'o> {
         if let Some(secret) = &self.resume {
             params.push(format!("resume={secret}"));
         }
-        let url = &self.config.url;
+        let url = self.url();
         if params.is_empty() {
-            return url.clone();
+            return url.to_owned();
         }
         let joiner = if url.contains('?') { '&' } else { '?' };
         format!("{url}{joiner}{}", params.join("&"))

@@ -277,7 +277,7 @@ impl Conn {
                     rooms: rooms
                         .into_iter()
                         .map(|info| RoomInfo {
-                            last: shared.fanout.last_id(&info.name),
+                            last: shared.fanout.last_id(&info.name).or(info.last),
                             ..info
                         })
                         .collect(),

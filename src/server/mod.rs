@@ -150,13 +150,15 @@ pub type Backends = (
 /// When the history database or Redis cannot be used.
 pub async fn open_backends(config: &ServerConfig, node: u64) -> Result<Backends> {
     if let Some(url) = &config.redis {
-        let link = redis::RedisLink::connect(url, &config.redis_prefix, node).await?;
+        let backend = BackendMetrics::new("redis");
+        let link =
+            redis::RedisLink::connect(url, &config.redis_prefix, node, backend.clone()).await?;
         let (fanout, inbox) = RedisFanout::start(link.clone(), config.max_lag);
         let fanout: Arc<dyn Fanout> = fanout;
         let history = Arc::new(RedisHistory::new(link.clone(), config.history));
         let ttl = Duration::from_secs(config.presence_ttl);
         let presence = RedisPresence::start(link, fanout.clone(), inbox, ttl);
-        return Ok((fanout, history, presence, None));
+        return Ok((fanout, history, presence, Some(backend)));
     }
     let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.max_lag));
     let presence = Arc::new(MemoryPresence::default());

@@ -18,6 +18,7 @@ use tracing::warn;
 
 use super::ConnId;
 use super::lock;
+use super::metrics::BackendMetrics;
 use crate::error::Error;
 use crate::protocol::ServerFrame;
 
@@ -41,6 +42,8 @@ pub struct RedisLink {
     pubsub_down: AtomicBool,
     /// Notices and presence changes on their way to Redis.
     pub outbox: Outbox,
+    /// Append latency and failed commands, for `/metrics`.
+    pub metrics: BackendMetrics,
 }
 
 impl fmt::Debug for RedisLink {
@@ -67,7 +70,12 @@ impl RedisLink {
     ///
     /// # Errors
     /// [`Error::Redis`] naming the URL when it cannot be used.
-    pub async fn connect(url: &str, prefix: &str, node: u64) -> Result<Arc<Self>, Error> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        node: u64,
+        metrics: BackendMetrics,
+    ) -> Result<Arc<Self>, Error> {
         let fail = |source| Error::Redis {
             url: redact(url),
             source,
@@ -96,12 +104,18 @@ impl RedisLink {
             command_trouble: Mutex::new(None),
             pubsub_down: AtomicBool::new(false),
             outbox: Outbox::default(),
+            metrics,
         }))
     }
 
     /// A handle for commands (cheap: the connection is shared).
     pub fn conn(&self) -> ConnectionManager {
         self.commands.clone()
+    }
+
+    /// The prefix of every key and channel.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The room's meta hash: `epoch` and `last` (the last id given out).
@@ -162,8 +176,10 @@ impl RedisLink {
         node_name(self.node)
     }
 
-    /// Records that a command failed (for `/healthz`) and logs it once.
+    /// Records that a command failed (for `/healthz` and `/metrics`) and
+    /// logs it once.
     pub fn failed(&self, err: &redis::RedisError) {
+        self.metrics.errors.inc();
         let mut trouble = lock(&self.command_trouble);
         if trouble.is_none() {
             warn!("Redis command failed: {err}");

@@ -63,6 +63,7 @@ impl RedisHistory {
             serde_json::to_string(&body).map_err(|e| HistoryError::Unavailable(e.to_string()))?;
         let room = &message.room;
         let mut conn = self.link.conn();
+        let started = std::time::Instant::now();
         // EVAL, not EVALSHA: a script Redis does not know yet (after a
         // restart) would be retried after the sender's later messages, out
         // of order. Redis caches the compiled script either way.
@@ -83,6 +84,10 @@ impl RedisHistory {
                     .await,
             )
             .map_err(|err| Self::unavailable(&err))?;
+        self.link
+            .metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
         Ok(Stamp { id, ts })
     }
 

@@ -40,13 +40,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return cur or ''
 ";
 
-/// Frees a nick if its lease is still the owner's: KEYS nick; ARGV owner prefix.
+/// Frees a nick if its lease is still the owner's: KEYS nick; ARGV owner
+/// prefix. Returns 1 if freed, 0 if there was no lease, -1 if another
+/// connection holds it now.
 const RELEASE: &str = r"
 local cur = redis.call('GET', KEYS[1])
-if cur and string.sub(cur, 1, #ARGV[1]) == ARGV[1] then
+if not cur then return 0 end
+if string.sub(cur, 1, #ARGV[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
-return 0
+return -1
 ";
 
 /// Extends a lease if it is still ours, or takes it again if it lapsed:
@@ -58,6 +61,16 @@ if cur == ARGV[1] then
 elseif not cur then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
+end
+return 0
+";
+
+/// Forgets rooms nobody is in: KEYS the rooms set; ARGV prefix, names.
+const FORGET_EMPTY: &str = r"
+for i = 2, #ARGV do
+  if redis.call('HLEN', ARGV[1] .. ':{' .. ARGV[i] .. '}:members') == 0 then
+    redis.call('SREM', KEYS[1], ARGV[i])
+  end
 end
 return 0
 ";
@@ -164,17 +177,28 @@ impl RedisPresence {
                 .link
                 .note(conn.get(&key).await)
                 .map_err(|err| Self::unavailable(&err))?;
-            let gone = holder.as_deref().and_then(|holder| {
-                let mut parts = holder.split(' ');
-                let (node, seq, secret) = (parts.next()?, parts.next()?, parts.next()?);
-                let seq = seq.parse().ok()?;
-                let here = ConnId {
-                    node: self.link.node,
-                    seq,
-                };
-                (node == self.link.node_name() && self.local.place(here).is_none())
-                    .then(|| secret.to_owned())
-            });
+            let gone = match holder.as_deref() {
+                // Freed meanwhile.
+                None => Some(String::new()),
+                Some(holder) => {
+                    let mut parts = holder.split(' ');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some(node), Some(seq), Some(secret))
+                            if node == self.link.node_name()
+                                && seq.parse().is_ok_and(|seq| {
+                                    let here = ConnId {
+                                        node: self.link.node,
+                                        seq,
+                                    };
+                                    self.local.place(here).is_none()
+                                }) =>
+                        {
+                            Some(secret.to_owned())
+                        }
+                        _ => None,
+                    }
+                }
+            };
             if let Some(secret) = gone {
                 previous = self.claim(&key, &value, id, &secret).await?;
             }
@@ -282,32 +306,58 @@ impl RedisPresence {
             .map_err(|err| Self::unavailable(&err))?;
         let mut pipe = redis::pipe();
         for name in &names {
-            pipe.hkeys(self.link.members(name));
+            pipe.hkeys(self.link.members(name))
+                .hget(self.link.meta(name), "last");
         }
-        let fields: Vec<Vec<String>> = self
+        let found: Vec<(Vec<String>, Option<u64>)> = self
             .link
             .note(pipe.query_async(&mut conn).await)
             .map_err(|err| Self::unavailable(&err))?;
+        // Members on other nodes as Redis has them, this node's as it
+        // knows them now.
         let me = format!("{}:", self.link.node_name());
-        let mut sizes: HashMap<String, usize> = names
+        let mut rooms: HashMap<String, RoomInfo> = names
             .into_iter()
-            .zip(fields)
-            .map(|(name, fields)| {
-                let others = fields.iter().filter(|f| !f.starts_with(&me)).count();
-                (name, others)
+            .zip(found)
+            .map(|(name, (fields, last))| {
+                let members = fields.iter().filter(|f| !f.starts_with(&me)).count();
+                let info = RoomInfo {
+                    name: name.clone(),
+                    members,
+                    last,
+                };
+                (name, info)
             })
             .collect();
         for (name, size) in self.local.room_sizes() {
-            *sizes.entry(name.to_string()).or_default() += size;
+            rooms
+                .entry(name.to_string())
+                .or_insert_with(|| RoomInfo {
+                    name: name.to_string(),
+                    members: 0,
+                    last: None,
+                })
+                .members += size;
         }
-        let mut rooms: Vec<RoomInfo> = sizes
-            .into_iter()
-            .filter(|(_, members)| *members > 0)
-            .map(|(name, members)| RoomInfo {
-                name,
-                members,
-                last: None,
-            })
+        let empty: Vec<&str> = rooms
+            .values()
+            .filter(|info| info.members == 0)
+            .map(|info| info.name.as_str())
+            .collect();
+        if !empty.is_empty() {
+            let forgotten: redis::RedisResult<u64> = redis::cmd("EVAL")
+                .arg(FORGET_EMPTY)
+                .arg(1)
+                .arg(self.link.rooms())
+                .arg(self.link.prefix())
+                .arg(&empty)
+                .query_async(&mut conn)
+                .await;
+            let _ = self.link.note(forgotten);
+        }
+        let mut rooms: Vec<RoomInfo> = rooms
+            .into_values()
+            .filter(|info| info.members > 0)
             .collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(rooms)
@@ -543,16 +593,22 @@ impl RedisPresence {
                 pipe.hdel(self.link.members(room), format!("{node}:{seq}"))
                     .ignore();
                 let key = self.link.nick(&nick.to_ascii_lowercase());
-                eval(&mut pipe, RELEASE, &key, &[&format!("{node} {seq} ")]);
+                let owner = format!("{node} {seq} ");
+                pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key).arg(owner);
                 left.push((room.to_owned(), nick.to_owned(), *seq));
             }
             pipe.del(self.link.node_members(&node)).ignore();
-            let cleaned: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
-            if self.link.note(cleaned).is_err() {
+            let released: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
+            let Ok(released) = self.link.note(released) else {
                 continue;
-            }
+            };
             let node_id = u64::from_str_radix(&node, 16).unwrap_or(0);
-            for (room, nick, seq) in left {
+            for ((room, nick, seq), released) in left.into_iter().zip(released) {
+                if released < 0 {
+                    // Another connection holds the nick now: the same client,
+                    // resumed on another node. It did not leave.
+                    continue;
+                }
                 let frame = ServerFrame::Left {
                     room: room.clone(),
                     nick,
