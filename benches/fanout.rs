@@ -29,9 +29,10 @@ use mio::{Events, Interest, Poll, Token};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "fanout", about = "WebSocket broadcast load generator")]
 struct Args {
-    /// Server to drive.
-    #[arg(long, default_value = "ws://127.0.0.1:2000")]
-    url: String,
+    /// Server to drive; give it several times (nodes of one chat) to spread
+    /// the clients over them round-robin.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:2000")]
+    urls: Vec<String>,
     /// Connected clients (N) [default: 100, or the scenario's].
     #[arg(long)]
     clients: Option<usize>,
@@ -384,10 +385,17 @@ fn handshake(target: &Target, json: bool) -> io::Result<(StdTcpStream, Vec<u8>)>
     Ok((socket, buf.split_off(end)))
 }
 
-/// Connects `count` clients one after another, or exits with one line.
-fn connect_all(target: &Target, json: bool, count: usize) -> Vec<(StdTcpStream, Vec<u8>)> {
+/// Every `--url`, parsed.
+fn targets(urls: &[String]) -> Result<Vec<Target>, String> {
+    urls.iter().map(|url| Target::parse(url)).collect()
+}
+
+/// Connects `count` clients one after another, client i to target i mod
+/// the number of targets, or exits with one line.
+fn connect_all(targets: &[Target], json: bool, count: usize) -> Vec<(StdTcpStream, Vec<u8>)> {
     (0..count)
-        .map(|_| {
+        .map(|i| {
+            let target = &targets[i % targets.len()];
             handshake(target, json).unwrap_or_else(|err| {
                 eprintln!("error: cannot connect to {}: {err}", target.addr);
                 std::process::exit(1);
@@ -506,7 +514,7 @@ const SCRATCH: usize = 1 << 20;
 
 impl Generator {
     fn new(args: Args) -> Result<Self, String> {
-        let target = Target::parse(&args.url)?;
+        let target = targets(&args.urls)?;
         let poll = Poll::new().map_err(|e| e.to_string())?;
         let start = Instant::now();
         let mut stats = Stats {
@@ -818,7 +826,7 @@ fn idle(args: &Args) -> Result<(), String> {
     let Some(pid) = args.pid else {
         return Err("--idle needs --pid".into());
     };
-    let target = Target::parse(&args.url)?;
+    let target = targets(&args.urls)?;
     let before = rss_mib(pid).unwrap_or(0.0);
     let sockets = connect_all(&target, args.json, args.clients());
     // Let the server finish greeting everyone before reading its RSS.

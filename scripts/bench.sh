@@ -9,6 +9,7 @@
 #   EXTRA="--read-every 200" OUT=target/bench-rounds scripts/bench.sh c
 #   SERVER_ARGS="--db target/bench.db" TARGETS=wschat scripts/bench.sh a c g
 #   SERVER=/path/to/other/build/server TARGETS=wschat scripts/bench.sh a
+#   TARGETS="wschat redis cluster" scripts/bench.sh a c
 #
 # Scenarios (see benches/fanout.rs): a N=1000 S=10 find-max; b N=100 S=10
 # find-max; c N=1000 S=10 at 50 msg/s; d 5000 idle connections (IDLE=15000
@@ -18,6 +19,11 @@
 # scenario c while benches/abuse.rs runs every attack in turn, with the
 # server's peak RSS (compare with c in the same sitting); ATTACKS="--only
 # flood" runs only the attacks whose name contains "flood".
+# Targets: wschat (one node, memory), redis (one node on a fresh
+# redis-server), cluster (two nodes on one fresh redis-server, the clients
+# split between them; CPU figures are the first node's), exercise (the
+# classic broadcast exercise). Redis and every node share core 0. The Redis
+# targets save each run's `redis-cli info commandstats` next to its table.
 # SERVER_ARGS go to wschat's server; a --db file named there is removed
 # before each run, so every run starts from an empty history.
 set -euo pipefail
@@ -32,6 +38,8 @@ EXTRA=${EXTRA:-}
 ATTACKS=${ATTACKS:-}
 SERVER=${SERVER:-./target/release/server}
 SERVER_ARGS=${SERVER_ARGS:-}
+REDIS_PORT=${REDIS_PORT:-$((PORT + 50))}
+EXTRA_PIDS=""
 mkdir -p "$OUT"
 
 cargo build --release --bins --examples --benches --quiet
@@ -57,6 +65,22 @@ start_server() {
             fi
             # shellcheck disable=SC2086
             taskset -c 0 "$SERVER" --port "$PORT" $RATE_ARGS --max-connections 30000 $per_ip $SERVER_ARGS 2>/dev/null &
+            ;;
+        redis|cluster)
+            taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+            EXTRA_PIDS="$!"
+            for _ in $(seq 100); do
+                redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+                sleep 0.05
+            done
+            local node_args=(--redis "redis://127.0.0.1:$REDIS_PORT" --max-connections 30000 --max-per-ip 0)
+            if [ "$1" = cluster ]; then
+                # shellcheck disable=SC2086
+                taskset -c 0 "$SERVER" --port "$((PORT + 1))" $RATE_ARGS "${node_args[@]}" 2>/dev/null &
+                EXTRA_PIDS="$EXTRA_PIDS $!"
+            fi
+            # shellcheck disable=SC2086
+            taskset -c 0 "$SERVER" --port "$PORT" $RATE_ARGS "${node_args[@]}" 2>/dev/null &
             ;;
         exercise) taskset -c 0 ./target/release/examples/exercise_server "127.0.0.1:$PORT" 2>/dev/null & ;;
     esac
@@ -90,13 +114,22 @@ for scenario in $SCENARIOS; do
                 attacker=$!
             fi
             args=(--url "ws://127.0.0.1:$PORT" --scenario "$measured" --pid "$SERVER_PID" --duration "$DURATION")
+            if [ "$target" = cluster ]; then
+                args+=(--url "ws://127.0.0.1:$((PORT + 1))")
+                # Both nodes answer before the clients come.
+                for _ in $(seq 100); do
+                    (exec 3<>"/dev/tcp/127.0.0.1/$((PORT + 1))") 2>/dev/null && break
+                    sleep 0.05
+                done
+            fi
+            if [ -n "$EXTRA_PIDS" ]; then redis-cli -p "$REDIS_PORT" config resetstat >/dev/null; fi
             # find-max starts low enough for the baseline to pass its first step.
             case "$scenario/$target" in
-                a/wschat|f/wschat) args+=(--rate 1000) ;;
-                b/wschat|e/wschat) args+=(--rate 10000) ;;
+                a/exercise|f/exercise) args+=(--rate 10) ;;
+                b/exercise|e/exercise) args+=(--rate 100) ;;
+                a/*|f/*) args+=(--rate 1000) ;;
+                b/*|e/*) args+=(--rate 10000) ;;
                 g/*) args+=(--rate 5000) ;;
-                a/*|f/*) args+=(--rate 10) ;;
-                b/*|e/*) args+=(--rate 100) ;;
                 d/*) args+=(--clients "${IDLE:-5000}") ;;
             esac
             # shellcheck disable=SC2206
@@ -110,8 +143,14 @@ for scenario in $SCENARIOS; do
                 peak=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)
                 echo "server peak RSS: $((peak / 1024)) MiB" | tee -a "$log"
             fi
-            kill "$SERVER_PID" 2>/dev/null || true
-            wait "$SERVER_PID" 2>/dev/null || true
+            if [ -n "$EXTRA_PIDS" ]; then
+                redis-cli -p "$REDIS_PORT" info commandstats > "$OUT/$scenario-$target-$run.commandstats"
+            fi
+            # shellcheck disable=SC2086
+            kill "$SERVER_PID" $EXTRA_PIDS 2>/dev/null || true
+            # shellcheck disable=SC2086
+            wait "$SERVER_PID" $EXTRA_PIDS 2>/dev/null || true
+            EXTRA_PIDS=""
         done
     done
 done

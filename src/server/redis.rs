@@ -24,6 +24,8 @@ use crate::protocol::ServerFrame;
 
 /// How long one Redis command may take before it counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Commands that may wait to be written to Redis.
+const PIPELINE_BUFFER: usize = 8192;
 /// Notices that may wait to be published; more are dropped (and logged).
 const OUTBOX_CAPACITY: usize = 16 * 1024;
 
@@ -85,7 +87,11 @@ impl RedisLink {
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
+            .set_max_delay(Duration::from_secs(1))
+            // The driver drains this queue once per turn of the runtime,
+            // which under load is every few ms: the default 50 would cap the
+            // whole node at 50 commands per turn.
+            .set_pipeline_buffer_size(PIPELINE_BUFFER);
         let mut commands = client
             .get_connection_manager_with_config(config)
             .await
