@@ -13,9 +13,10 @@
 //!   `frames` parses and checks what clients send, and `wire` queues each
 //!   connection's outgoing bytes (broadcast frames encoded once, written
 //!   with one call per flush). The chat itself stands on three interfaces,
-//!   each with an in-memory implementation: `fanout` (publish to a room,
-//!   follow a room), `history` (store, read back, epoch; also SQLite) and
-//!   `presence` (nicks, members, private delivery).
+//!   each with an in-memory implementation and a Redis one shared by several
+//!   servers (`--redis`; what they share is in `redis`): `fanout` (publish to
+//!   a room, follow a room), `history` (store, read back, epoch; also SQLite)
+//!   and `presence` (nicks, members, private delivery).
 //! - [`client`]: the terminal client: `session` (connect, reconnect, resume),
 //!   `render` (how things are said), `terminal` (line editor, plain stdio).
 //! - [`logging`]: the server's logs, through a writer that never blocks.

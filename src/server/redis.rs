@@ -354,6 +354,8 @@ pub struct Pending {
     pub changed: HashSet<ConnId>,
     /// Notices to publish: channel and payload.
     pub notices: VecDeque<(String, Vec<u8>)>,
+    /// Nick leases to free: key and owner (`NODE SEQ `).
+    pub releases: Vec<(String, String)>,
 }
 
 impl Outbox {
@@ -369,6 +371,12 @@ impl Outbox {
             }
             pending.notices.push_back((channel, payload));
         }
+        self.wake.notify_one();
+    }
+
+    /// Frees the nick lease `key` if `owner` still holds it.
+    pub fn release(&self, key: String, owner: String) {
+        lock(&self.pending).releases.push((key, owner));
         self.wake.notify_one();
     }
 

@@ -100,6 +100,9 @@ pub struct RedisPresence {
     ttl: Duration,
     /// Nick leases this node's connections hold: connection -> (key, value).
     leases: std::sync::Mutex<HashMap<ConnId, (String, String)>>,
+    /// Members on other nodes of the rooms this node has members in, as of
+    /// the last heartbeat (for `--announce-limit`).
+    sizes: std::sync::Mutex<HashMap<Arc<str>, usize>>,
     claim: redis::Script,
     release: redis::Script,
 }
@@ -119,6 +122,7 @@ impl RedisPresence {
             fanout,
             ttl: ttl.max(Duration::from_secs(1)),
             leases: std::sync::Mutex::new(HashMap::new()),
+            sizes: std::sync::Mutex::new(HashMap::new()),
             claim: redis::Script::new(CLAIM),
             release: redis::Script::new(RELEASE),
         });
@@ -450,7 +454,6 @@ impl RedisPresence {
             }
             let pending = self.link.outbox.take();
             let mut pipe = redis::pipe();
-            let mut released = Vec::new();
             let mut next = Vec::new();
             for &id in &pending.changed {
                 let now = self.local.place(id);
@@ -477,20 +480,17 @@ impl RedisPresence {
                     }
                     None => {
                         pipe.hdel(self.link.node_members(&node), id.seq).ignore();
-                        if let Some((nick, _)) = before {
-                            released.push((self.link.nick(&nick.to_ascii_lowercase()), id));
-                        }
                     }
                 }
                 next.push((id, now));
             }
-            for (key, id) in &released {
-                eval(&mut pipe, RELEASE, key, &[&self.owner(*id)]);
+            for (key, owner) in &pending.releases {
+                eval(&mut pipe, RELEASE, key, &[owner]);
             }
             for (channel, payload) in &pending.notices {
                 pipe.publish(channel, payload).ignore();
             }
-            if next.is_empty() && released.is_empty() && pending.notices.is_empty() {
+            if next.is_empty() && pending.releases.is_empty() && pending.notices.is_empty() {
                 continue;
             }
             let mut conn = self.link.conn();
@@ -544,6 +544,7 @@ impl RedisPresence {
             // Wake the writer: it retries what failed while Redis was away.
             self.link.outbox.wake.notify_one();
             self.refresh_leases().await;
+            self.count_members().await;
             self.reap(now).await;
         }
     }
@@ -561,6 +562,33 @@ impl RedisPresence {
         let mut conn = self.link.conn();
         let refreshed: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
         let _ = self.link.note(refreshed);
+    }
+
+    /// Counts the members, on other nodes, of the rooms this node has
+    /// members in.
+    async fn count_members(&self) {
+        let rooms: Vec<Arc<str>> = self
+            .local
+            .room_sizes()
+            .into_iter()
+            .map(|(room, _)| room)
+            .collect();
+        let mut pipe = redis::pipe();
+        for room in &rooms {
+            pipe.hkeys(self.link.members(room));
+        }
+        let mut conn = self.link.conn();
+        let fields: redis::RedisResult<Vec<Vec<String>>> = pipe.query_async(&mut conn).await;
+        if let Ok(fields) = self.link.note(fields) {
+            let me = format!("{}:", self.link.node_name());
+            let others =
+                |fields: Vec<String>| fields.iter().filter(|f| !f.starts_with(&me)).count();
+            *lock(&self.sizes) = rooms
+                .into_iter()
+                .zip(fields)
+                .map(|(room, fields)| (room, others(fields)))
+                .collect();
+        }
     }
 
     /// Cleans up after every node whose heartbeat stopped before `now`.
@@ -641,7 +669,9 @@ impl Presence for RedisPresence {
 
     fn unregister(&self, id: ConnId) -> Option<(Arc<str>, Arc<str>)> {
         let gone = self.local.unregister(id);
-        lock(&self.leases).remove(&id);
+        if let Some((key, _)) = lock(&self.leases).remove(&id) {
+            self.link.outbox.release(key, self.owner(id));
+        }
         self.link.outbox.changed(id);
         gone
     }
@@ -651,8 +681,10 @@ impl Presence for RedisPresence {
         self.link.outbox.changed(id);
     }
 
+    /// This node's members now, plus other nodes' as of the last heartbeat.
     fn room_size(&self, room: &str) -> usize {
-        self.local.room_size(room)
+        let elsewhere = lock(&self.sizes).get(room).copied().unwrap_or(0);
+        self.local.room_size(room) + elsewhere
     }
 
     fn room_count(&self) -> usize {
