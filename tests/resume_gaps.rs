@@ -16,21 +16,9 @@ async fn post(peer: &mut Peer, count: usize) {
     }
 }
 
-/// Sends `join` with the given resume point, then `who`; returns every frame
-/// up to the `who` answer (requests are answered in order).
+/// Resumes `lobby` after `after` of `epoch`; every frame up to the barrier.
 async fn join(peer: &mut Peer, after: u64, epoch: u64) -> Vec<ServerFrame> {
-    peer.send(&format!(
-        r#"{{"type":"join","room":"lobby","after":{after},"epoch":{epoch}}}"#
-    ))
-    .await;
-    peer.send(r#"{"type":"who"}"#).await;
-    let mut frames = Vec::new();
-    loop {
-        match peer.frame().await {
-            ServerFrame::Members { .. } => return frames,
-            frame => frames.push(frame),
-        }
-    }
+    peer.resume_room("lobby", after, epoch).await
 }
 
 /// Frames as short strings: `gap`, `gap 1..4` or a message id.

@@ -14,15 +14,49 @@ use wschat::protocol::{ErrorCode, ServerFrame};
 /// A server process on `redis`, with a short presence TTL and no flood
 /// control (the tests send in bursts).
 async fn node(redis: &RedisServer) -> (Proc, String) {
-    spawn_server(&[
-        "--redis",
-        &redis.url(),
-        "--presence-ttl",
-        "2",
-        "--rate",
-        "0",
-    ])
-    .await
+    node_with(redis, &[]).await
+}
+
+/// [`node`] with more flags.
+async fn node_with(redis: &RedisServer, extra: &[&str]) -> (Proc, String) {
+    let url = redis.url();
+    let mut args = vec!["--redis", &url, "--presence-ttl", "2", "--rate", "0"];
+    args.extend_from_slice(extra);
+    spawn_server(&args).await
+}
+
+/// Waits until every node has sent `beats` more heartbeats (each moves its
+/// score in the set of live nodes).
+async fn heartbeats(redis: &RedisServer, beats: usize) {
+    let admin = redis.connection().await;
+    let scores = || {
+        let mut admin = admin.clone();
+        async move {
+            let scores: Vec<(String, u64)> = redis::cmd("ZRANGE")
+                .arg(&["wschat:nodes", "0", "-1", "WITHSCORES"])
+                .query_async(&mut admin)
+                .await
+                .expect("ZRANGE");
+            scores
+        }
+    };
+    let mut seen: std::collections::HashMap<String, (u64, usize)> = scores()
+        .await
+        .into_iter()
+        .map(|(node, score)| (node, (score, 0)))
+        .collect();
+    within("heartbeats", async {
+        while seen.values().any(|(_, moved)| *moved < beats) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            for (node, score) in scores().await {
+                let entry = seen.entry(node).or_insert((score, 0));
+                if entry.0 != score {
+                    *entry = (score, entry.1 + 1);
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// A JSON peer called `nick` in `room`, past its welcome and own `joined`;
@@ -290,23 +324,17 @@ async fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
     }
     let (mut alice, again, _) = resume_as(&url_b, "alice", "lobby", &secret).await;
     assert_eq!(again, epoch, "one epoch on every node");
-    alice
-        .send(&format!(
-            r#"{{"type":"join","room":"lobby","after":3,"epoch":{epoch}}}"#
-        ))
-        .await;
-    // (`who` is answered after the replay: requests are answered in order.)
-    alice.send(r#"{"type":"who"}"#).await;
-    let mut replayed = Vec::new();
-    loop {
-        match alice.frame().await {
+    let replayed: Vec<u64> = alice
+        .resume_room("lobby", 3, epoch)
+        .await
+        .iter()
+        .filter_map(|frame| match frame {
             ServerFrame::Message {
                 id, history: true, ..
-            } => replayed.push(id),
-            ServerFrame::Members { .. } => break,
-            _ => {}
-        }
-    }
+            } => Some(*id),
+            _ => None,
+        })
+        .collect();
     assert_eq!(replayed, [4, 5]);
     said(&mut bob, "m6").await;
     assert_eq!(message(&mut alice).await.0, 6);
@@ -537,4 +565,28 @@ async fn the_client_moves_to_the_next_url_when_its_node_dies_and_resumes_there()
         }
     }
     assert_eq!(who(&mut bob).await, ["bob", "dave"]);
+}
+
+#[tokio::test]
+async fn the_announce_limit_counts_the_members_on_every_node() {
+    let redis = redis_or_skip!();
+    let (_a, url_a) = node_with(&redis, &["--announce-limit", "2"]).await;
+    let (_b, url_b) = node_with(&redis, &["--announce-limit", "2"]).await;
+    let (mut alice, _) = join_as(&url_a, "alice", "lobby").await;
+    let (_bob, _) = join_as(&url_a, "bob", "lobby").await;
+    // Node b learns how many are in the lobby elsewhere at its heartbeat.
+    heartbeats(&redis, 2).await;
+    // Carol makes three: over the limit, so only she hears of her arrival.
+    let (_carol, _) = join_as(&url_b, "carol", "lobby").await;
+    say(&mut alice, "marker").await;
+    loop {
+        match alice.frame().await {
+            ServerFrame::Joined { nick, .. } if nick == "carol" => {
+                panic!("carol's arrival was announced in a room over the limit")
+            }
+            ServerFrame::Message { text, .. } if text == "marker" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(who(&mut alice).await, ["alice", "bob", "carol"]);
 }

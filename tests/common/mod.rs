@@ -243,6 +243,24 @@ impl Peer {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON {text:?}: {e}"))
     }
 
+    /// Sends `join` for `room` with the resume point `after` of `epoch`,
+    /// then `who`; returns every frame up to the `who` answer (requests are
+    /// answered in order, so the replay is complete by then).
+    pub async fn resume_room(&mut self, room: &str, after: u64, epoch: u64) -> Vec<ServerFrame> {
+        self.send(&format!(
+            r#"{{"type":"join","room":"{room}","after":{after},"epoch":{epoch}}}"#
+        ))
+        .await;
+        self.send(r#"{"type":"who"}"#).await;
+        let mut frames = Vec::new();
+        loop {
+            match self.frame().await {
+                ServerFrame::Members { .. } => return frames,
+                frame => frames.push(frame),
+            }
+        }
+    }
+
     /// Reads until the server's close frame; returns its code and reason.
     pub async fn closed(&mut self) -> (u16, String) {
         while let Some(message) = self.next().await {

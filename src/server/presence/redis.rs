@@ -100,8 +100,8 @@ pub struct RedisPresence {
     ttl: Duration,
     /// Nick leases this node's connections hold: connection -> (key, value).
     leases: std::sync::Mutex<HashMap<ConnId, (String, String)>>,
-    /// Members on other nodes of the rooms this node has members in, as of
-    /// the last heartbeat (for `--announce-limit`).
+    /// Members on other nodes per room, as of the last heartbeat (for
+    /// `--announce-limit`).
     sizes: std::sync::Mutex<HashMap<Arc<str>, usize>>,
     claim: redis::Script,
     release: redis::Script,
@@ -564,31 +564,47 @@ impl RedisPresence {
         let _ = self.link.note(refreshed);
     }
 
-    /// Counts the members, on other nodes, of the rooms this node has
-    /// members in.
+    /// Counts every room's members on other nodes: exactly for the rooms
+    /// this node has members in (its own entries are left out), by the
+    /// size of the member hash for the rest.
     async fn count_members(&self) {
-        let rooms: Vec<Arc<str>> = self
-            .local
-            .room_sizes()
-            .into_iter()
-            .map(|(room, _)| room)
-            .collect();
-        let mut pipe = redis::pipe();
-        for room in &rooms {
-            pipe.hkeys(self.link.members(room));
-        }
         let mut conn = self.link.conn();
-        let fields: redis::RedisResult<Vec<Vec<String>>> = pipe.query_async(&mut conn).await;
-        if let Ok(fields) = self.link.note(fields) {
-            let me = format!("{}:", self.link.node_name());
-            let others =
-                |fields: Vec<String>| fields.iter().filter(|f| !f.starts_with(&me)).count();
-            *lock(&self.sizes) = rooms
-                .into_iter()
-                .zip(fields)
-                .map(|(room, fields)| (room, others(fields)))
-                .collect();
+        let names: redis::RedisResult<Vec<String>> = conn.smembers(self.link.rooms()).await;
+        let Ok(names) = self.link.note(names) else {
+            return;
+        };
+        let mine: HashMap<Arc<str>, usize> = self.local.room_sizes().into_iter().collect();
+        let mut pipe = redis::pipe();
+        for name in &names {
+            if mine.contains_key(name.as_str()) {
+                pipe.hkeys(self.link.members(name));
+            } else {
+                pipe.hlen(self.link.members(name));
+            }
         }
+        let counts: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
+        let Ok(counts) = self.link.note(counts) else {
+            return;
+        };
+        let me = format!("{}:", self.link.node_name());
+        let elsewhere = |count: redis::Value| -> usize {
+            match count {
+                redis::Value::Int(n) => usize::try_from(n).unwrap_or(0),
+                redis::Value::Array(fields) => fields
+                    .iter()
+                    .filter(|field| {
+                        !matches!(field, redis::Value::BulkString(f) if f.starts_with(me.as_bytes()))
+                    })
+                    .count(),
+                _ => 0,
+            }
+        };
+        *lock(&self.sizes) = names
+            .into_iter()
+            .zip(counts)
+            .map(|(name, count)| (Arc::from(name), elsewhere(count)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
     }
 
     /// Cleans up after every node whose heartbeat stopped before `now`.
