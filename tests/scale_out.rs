@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::redis::RedisServer;
+use common::redis::{RedisServer, StallingProxy};
 use common::{Peer, Proc, http_request, spawn_server, within};
 use wschat::protocol::{ErrorCode, ServerFrame};
 
@@ -589,4 +589,33 @@ async fn the_announce_limit_counts_the_members_on_every_node() {
         }
     }
     assert_eq!(who(&mut alice).await, ["alice", "bob", "carol"]);
+}
+
+#[tokio::test]
+async fn a_pubsub_connection_that_goes_quiet_is_replaced_and_the_gap_filled() {
+    let redis = redis_or_skip!();
+    let proxy = StallingProxy::start(redis.port).await;
+    let (mut a, url_a) = spawn_server(&["--redis", &proxy.url(), "--rate", "0"]).await;
+    let (_b, url_b) = node(&redis).await;
+    let (mut reader, _) = join_as(&url_a, "reader", "lobby").await;
+    let (mut writer, _) = join_as(&url_b, "writer", "lobby").await;
+    said(&mut writer, "m1").await;
+    assert_eq!(message(&mut reader).await.0, 1);
+
+    // Node a's subscription stops delivering, its connection still open.
+    assert_eq!(proxy.stall_pubsub(), 1);
+    for n in 2..=5 {
+        said(&mut writer, &format!("m{n}")).await;
+    }
+    a.err_until("Redis pub/sub stopped delivering; replacing the connection")
+        .await;
+    let ids = [
+        message(&mut reader).await.0,
+        message(&mut reader).await.0,
+        message(&mut reader).await.0,
+        message(&mut reader).await.0,
+    ];
+    assert_eq!(ids, [2, 3, 4, 5]);
+    said(&mut writer, "m6").await;
+    assert_eq!(message(&mut reader).await.0, 6);
 }
