@@ -44,6 +44,13 @@ const QUEUE: usize = 8192;
 const COMMITTED: usize = 64;
 /// Most appends written in one transaction.
 const MAX_BATCH: usize = 2048;
+/// Under load (the last commit was less than [`BUSY_WITHIN`] ago), how long
+/// the writer waits after taking a short batch, for more to join it.
+const GATHER: Duration = Duration::from_micros(300);
+/// A commit this recent means appends are arriving steadily.
+const BUSY_WITHIN: Duration = Duration::from_micros(1200);
+/// A batch this long is written without waiting for more.
+const GATHERED: usize = MAX_BATCH / 4;
 /// Rows pruned per statement, so pruning never holds the writer for long.
 const PRUNE_BATCH: u64 = 1000;
 /// How often the writer looks for rooms over `--retain`.
@@ -345,20 +352,37 @@ struct Writer {
 
 impl Writer {
     /// Takes appends until every sender is gone.
+    ///
+    /// Under load it waits [`GATHER`] once before writing a short batch:
+    /// the writer shares the cores with the connections that produce the
+    /// appends, so without the pause it would take a few at a time and pay
+    /// for a transaction (and two thread switches) each time.
     fn run(&mut self, mut queue: mpsc::Receiver<Job>) {
         let mut batch = Vec::new();
+        let mut last_commit: Option<Instant> = None;
         while let Some(job) = queue.blocking_recv() {
             let mut probe = false;
             let mut next = Some(job);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Append { message, done } => batch.push((message, done)),
-                    Job::Probe => probe = true,
+            let mut gathered = false;
+            loop {
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::Append { message, done } => batch.push((message, done)),
+                        Job::Probe => probe = true,
+                    }
+                    if batch.len() < MAX_BATCH {
+                        next = queue.try_recv().ok();
+                    }
                 }
-                if batch.len() < MAX_BATCH {
-                    next = queue.try_recv().ok();
+                let busy = last_commit.is_some_and(|at| at.elapsed() < BUSY_WITHIN);
+                if gathered || !busy || batch.len() >= GATHERED {
+                    break;
                 }
+                gathered = true;
+                std::thread::sleep(GATHER);
+                next = queue.try_recv().ok();
             }
+            last_commit = Some(Instant::now());
             if !batch.is_empty() {
                 self.commit(std::mem::take(&mut batch));
             } else if probe {
