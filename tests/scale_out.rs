@@ -618,4 +618,16 @@ async fn a_pubsub_connection_that_goes_quiet_is_replaced_and_the_gap_filled() {
     assert_eq!(ids, [2, 3, 4, 5]);
     said(&mut writer, "m6").await;
     assert_eq!(message(&mut reader).await.0, 6);
+
+    // Joining a room the node does not follow yet, while its new
+    // subscription is quiet, does not hang: the subscription it cannot
+    // confirm has the connection replaced too.
+    assert_eq!(proxy.stall_pubsub(), 1);
+    let mut late = Peer::json(&format!("{url_a}/?nick=late&room=den")).await;
+    assert!(matches!(late.frame().await, ServerFrame::Welcome { .. }));
+    a.err_until("Redis pub/sub does not answer; replacing the connection")
+        .await;
+    let (mut other, _) = join_as(&url_b, "other", "den").await;
+    said(&mut other, "d1").await;
+    assert_eq!(message(&mut late).await, (1, "other".into(), "d1".into()));
 }

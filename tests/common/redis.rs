@@ -158,14 +158,14 @@ impl StallingProxy {
     }
 
     /// Silently drops, from now on, what Redis sends to every pub/sub
-    /// connection open now; returns how many there were.
+    /// connection not stalled yet; returns how many there were.
     pub fn stall_pubsub(&self) -> usize {
         use std::sync::atomic::Ordering;
         let connections = self.connections.lock().expect("registry");
         let mut stalled = 0;
         for relay in connections.iter() {
-            if relay.pubsub.load(Ordering::Relaxed) {
-                relay.stalled.store(true, Ordering::Relaxed);
+            if relay.pubsub.load(Ordering::Relaxed) && !relay.stalled.swap(true, Ordering::Relaxed)
+            {
                 stalled += 1;
             }
         }

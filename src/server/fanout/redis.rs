@@ -39,6 +39,9 @@ const REPAIR_EVERY: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The most messages one repair fetches for a room.
 const REPAIR_MAX: usize = 10_000;
+/// The longest wait for the pub/sub connection to open or to confirm a
+/// subscription.
+const PUBSUB_TIMEOUT: Duration = Duration::from_secs(3);
 /// Inbox messages (private messages, take-overs) that may wait for presence.
 const INBOX_CAPACITY: usize = 4096;
 
@@ -145,7 +148,8 @@ impl NodeTask {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut stream = match self.connect().await {
+            let connected = tokio::time::timeout(PUBSUB_TIMEOUT, self.connect()).await;
+            let mut stream = match connected.unwrap_or_else(|_| Err(timed_out())) {
                 Ok(stream) => {
                     backoff = Duration::from_millis(100);
                     stream
@@ -185,11 +189,12 @@ impl NodeTask {
                     },
                     request = self.incoming.recv() => match request {
                         Some((room, done)) => {
-                            if !self.follow(&room).await {
-                                let _ = done.send(());
+                            let followed = self.follow(&room).await;
+                            let _ = done.send(());
+                            if !followed {
+                                warn!("Redis pub/sub does not answer; replacing the connection");
                                 break;
                             }
-                            let _ = done.send(());
                         }
                         None => return,
                     },
@@ -240,13 +245,17 @@ impl NodeTask {
             return true;
         }
         self.note_followed(room);
+        let channel = self.link.channel(room);
         let subscribed = match self.sink.as_mut() {
-            Some(sink) => match sink.subscribe(self.link.channel(room)).await {
-                Ok(()) => true,
-                Err(err) => {
+            // Bounded: a connection that went quiet never confirms.
+            Some(sink) => match tokio::time::timeout(PUBSUB_TIMEOUT, sink.subscribe(channel)).await
+            {
+                Ok(Ok(())) => true,
+                Ok(Err(err)) => {
                     debug!("Redis pub/sub: cannot subscribe: {err}");
                     false
                 }
+                Err(_) => false,
             },
             None => false,
         };
@@ -449,7 +458,8 @@ impl NodeTask {
             }
             self.rooms.remove(&room);
             if let Some(sink) = self.sink.as_mut() {
-                let _ = sink.unsubscribe(self.link.channel(&room)).await;
+                let channel = self.link.channel(&room);
+                let _ = tokio::time::timeout(PUBSUB_TIMEOUT, sink.unsubscribe(channel)).await;
             }
         }
     }
@@ -473,6 +483,14 @@ impl NodeTask {
         }
         true
     }
+}
+
+/// What a pub/sub operation that took too long failed with.
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "Redis pub/sub did not answer in time",
+    ))
 }
 
 /// The start of an epoch: nothing delivered yet.
