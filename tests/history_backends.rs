@@ -101,11 +101,18 @@ async fn suite(history: &dyn History, fanout: &dyn Fanout) {
         (4, "alice", "m4", Some("c-m4"))
     );
 
-    // An epoch per room, the same for every read of it.
+    // One epoch, the same for every read of every room.
     let epoch = page.epoch;
     assert_ne!(epoch, 0);
     let again = history.read("lobby", Since::Recent, 1).await.expect("read");
     assert_eq!(again.epoch, epoch);
+    let elsewhere = history.read("other", Since::Recent, 1).await.expect("read");
+    assert_eq!(elsewhere.epoch, epoch);
+    let unused = history
+        .read("unused", Since::Recent, 1)
+        .await
+        .expect("read");
+    assert_eq!(unused.epoch, epoch);
     assert_eq!(history.trouble(), None);
 }
 

@@ -341,6 +341,26 @@ async fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
 }
 
 #[tokio::test]
+async fn every_room_on_every_node_has_the_chat_s_one_epoch() {
+    let redis = redis_or_skip!();
+    let (_a, url_a) = node(&redis).await;
+    let (_b, url_b) = node(&redis).await;
+    let (mut alice, epoch) = join_as(&url_a, "alice", "lobby").await;
+    let (_bob, other) = join_as(&url_b, "bob", "rust").await;
+    assert_eq!(other, epoch);
+    // A room used for the first time later takes the same epoch, so the
+    // epoch the client holds resumes there without a gap.
+    said(&mut alice, "in lobby").await;
+    alice.send(r#"{"type":"join","room":"den"}"#).await;
+    said(&mut alice, "in den").await;
+    let frames = alice.resume_room("den", 0, epoch).await;
+    assert!(
+        !frames.iter().any(|f| matches!(f, ServerFrame::Gap { .. })),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_killed_node_s_users_leave_and_free_their_nicks_within_the_ttl() {
     let redis = redis_or_skip!();
     let (a, url_a) = node(&redis).await;

@@ -129,6 +129,11 @@ impl RedisLink {
         format!("{}:{{{room}}}:meta", self.prefix)
     }
 
+    /// The chat's epoch, which every room's meta takes when created.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
     /// The room's history stream.
     pub fn log(&self, room: &str) -> String {
         format!("{}:{{{room}}}:log", self.prefix)

@@ -17,13 +17,24 @@ use crate::protocol::now_ms;
 use crate::server::fanout::parse_entry;
 use crate::server::redis::{Body, RedisLink, origin_field};
 
-/// KEYS: meta, log. ARGV: channel, new epoch, max length, origin, body.
-const APPEND: &str = r"
+/// The room's epoch, given to it from the chat's if it has none (and the
+/// chat's made if there is none either): one epoch for every room, as in
+/// the other backends, until Redis loses its data.
+const EPOCH: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
-  epoch = ARGV[2]
+  epoch = redis.call('GET', KEYS[3])
+  if not epoch then
+    epoch = ARGV[2]
+    redis.call('SET', KEYS[3], epoch)
+  end
   redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
+";
+
+/// KEYS: meta, log, the chat's epoch. ARGV: channel, new epoch, max
+/// length, origin, body.
+const APPEND: &str = r"
 local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id .. '-0', 'o', ARGV[4], 'b', ARGV[5])
 redis.call('PUBLISH', ARGV[1], 'm ' .. id .. ' ' .. epoch .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
@@ -34,6 +45,10 @@ return {id, epoch}
 #[derive(Debug)]
 pub struct RedisHistory {
     link: Arc<RedisLink>,
+    /// The append script: [`EPOCH`], then [`APPEND`].
+    append: String,
+    /// [`EPOCH`] alone, returning nothing.
+    ensure_epoch: String,
     /// Messages kept per room (approximately: streams are trimmed in whole nodes).
     keep: usize,
 }
@@ -43,6 +58,8 @@ impl RedisHistory {
     pub fn new(link: Arc<RedisLink>, keep: usize) -> Self {
         Self {
             link,
+            append: format!("{EPOCH}{APPEND}"),
+            ensure_epoch: format!("{EPOCH}return 0"),
             keep: keep.max(1),
         }
     }
@@ -71,10 +88,11 @@ impl RedisHistory {
             .link
             .note(
                 redis::cmd("EVAL")
-                    .arg(APPEND)
-                    .arg(2)
+                    .arg(&self.append)
+                    .arg(3)
                     .arg(self.link.meta(room))
                     .arg(self.link.log(room))
+                    .arg(self.link.epoch())
                     .arg(self.link.channel(room))
                     .arg(ts)
                     .arg(self.keep)
@@ -98,7 +116,14 @@ impl RedisHistory {
         // Reading a room gives it an epoch if it has none, so the epoch a
         // client is told stays the one its later messages carry.
         pipe.atomic()
-            .hset_nx(&meta, "epoch", now_ms())
+            .cmd("EVAL")
+            .arg(&self.ensure_epoch)
+            .arg(3)
+            .arg(&meta)
+            .arg(&log)
+            .arg(self.link.epoch())
+            .arg("")
+            .arg(now_ms())
             .ignore()
             .hget(&meta, "epoch");
         let newest_first = match since {
