@@ -811,3 +811,39 @@ async fn the_page_fits_a_phone_and_follows_the_colour_scheme() {
     browser.close().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_page_chats_with_someone_on_another_server_of_the_chat() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let Some(redis) = common::redis::RedisServer::start().await else {
+        return;
+    };
+    let on_redis = |c: &mut wschat::config::ServerConfig| c.redis = Some(redis.url());
+    let one = TestServer::with(on_redis).await;
+    let two = TestServer::with(on_redis).await;
+    let mut raw = raw_peer(&two.url(), "rawbob").await;
+
+    browser.open(&page(&one)).await;
+    browser.online("the page to connect").await;
+    browser.set_nick("alice").await;
+    browser
+        .until(
+            "both members, one on each server",
+            "[...document.querySelectorAll('ul[aria-label=Members] li')].map(l => l.textContent).join(',') === 'alice,rawbob'",
+        )
+        .await;
+
+    browser.type_message("hello across servers").await;
+    assert_eq!(
+        next_message(&mut raw).await,
+        ("alice".into(), "hello across servers".into())
+    );
+    raw.send(&json!({"type": "say", "text": "hi from the other one"}).to_string())
+        .await;
+    browser.expect_line("rawbob hi from the other one").await;
+    browser.close().await;
+    one.stop().await;
+    two.stop().await;
+}
