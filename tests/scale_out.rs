@@ -20,7 +20,10 @@ async fn node(redis: &RedisServer) -> (Proc, String) {
 /// [`node`] with more flags.
 async fn node_with(redis: &RedisServer, extra: &[&str]) -> (Proc, String) {
     let url = redis.url();
-    let mut args = vec!["--redis", &url, "--presence-ttl", "2", "--rate", "0"];
+    let mut args = vec!["--redis", &url, "--rate", "0"];
+    if !extra.contains(&"--presence-ttl") {
+        args.extend_from_slice(&["--presence-ttl", "2"]);
+    }
     args.extend_from_slice(extra);
     spawn_server(&args).await
 }
@@ -358,6 +361,32 @@ async fn every_room_on_every_node_has_the_chat_s_one_epoch() {
         !frames.iter().any(|f| matches!(f, ServerFrame::Gap { .. })),
         "{frames:?}"
     );
+}
+
+#[tokio::test]
+async fn a_stopped_node_s_users_leave_at_once() {
+    let redis = redis_or_skip!();
+    // A TTL far beyond the test's waits: only the node's own goodbye can
+    // free alice's nick in time.
+    let (a, url_a) = node_with(&redis, &["--presence-ttl", "600"]).await;
+    let (_b, url_b) = node_with(&redis, &["--presence-ttl", "600"]).await;
+    let (_alice, _) = join_as(&url_a, "alice", "lobby").await;
+    let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
+    a.signal("TERM");
+    wait_for(
+        &mut bob,
+        |f| matches!(f, ServerFrame::Left { nick, .. } if nick == "alice"),
+    )
+    .await;
+    assert_eq!(who(&mut bob).await, ["bob"]);
+    let (_alice, _) = join_as(&url_b, "alice", "lobby").await;
+    let mut admin = redis.connection().await;
+    let live: u64 = redis::cmd("ZCARD")
+        .arg("wschat:nodes")
+        .query_async(&mut admin)
+        .await
+        .expect("ZCARD");
+    assert_eq!(live, 1, "the stopped node left the set of live nodes");
 }
 
 #[tokio::test]

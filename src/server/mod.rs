@@ -42,6 +42,8 @@ use presence::{MemoryPresence, Presence, RedisPresence};
 const LISTEN_BACKLOG: u32 = 4096;
 /// How long shutdown waits for connections to finish their close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How long shutdown waits for a shared presence to write the departures.
+const PRESENCE_GRACE: Duration = Duration::from_secs(1);
 
 /// Identifies one connection among all the nodes of a chat: a random node
 /// id drawn at start, and a sequence number within the node.
@@ -299,6 +301,8 @@ pub async fn run(
     {
         warn!("{} connection(s) did not close in time", tracker.len());
     }
+    // Their departures told to the other servers of the chat (bounded).
+    let _ = tokio::time::timeout(PRESENCE_GRACE, shared.presence.close()).await;
     Ok(())
 }
 

@@ -78,6 +78,12 @@ pub trait Presence: Send + Sync + fmt::Debug {
     /// Every room with someone in it, by name.
     fn rooms(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, Rejection>>;
 
+    /// Called once at shutdown, after every connection is gone: a shared
+    /// backend writes what it has queued and takes this node out.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// Delivers a private message to whoever holds nick `to`; returns the
     /// recipient's nick as it is spelled.
     ///

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::memory::sorted;
@@ -105,6 +105,8 @@ pub struct RedisPresence {
     sizes: std::sync::Mutex<HashMap<Arc<str>, usize>>,
     claim: redis::Script,
     release: redis::Script,
+    /// Asks the writer for its last flush at shutdown.
+    close: std::sync::Mutex<Option<mpsc::Sender<oneshot::Sender<()>>>>,
 }
 
 impl RedisPresence {
@@ -124,9 +126,12 @@ impl RedisPresence {
             leases: std::sync::Mutex::new(HashMap::new()),
             sizes: std::sync::Mutex::new(HashMap::new()),
             claim: redis::Script::new(CLAIM),
+            close: std::sync::Mutex::new(None),
             release: redis::Script::new(RELEASE),
         });
-        tokio::spawn(presence.clone().write());
+        let (close, closing) = mpsc::channel(1);
+        *lock(&presence.close) = Some(close);
+        tokio::spawn(presence.clone().write(closing));
         tokio::spawn(presence.clone().beat());
         tokio::spawn(presence.clone().read_inbox(inbox));
         presence
@@ -435,12 +440,18 @@ impl RedisPresence {
 
     /// Writes presence changes and publishes notices, in order (see
     /// [`crate::server::redis::Outbox`]).
-    async fn write(self: Arc<Self>) {
+    ///
+    /// Asked to close, it writes what is left, takes the node out of the
+    /// set of live nodes, and answers.
+    async fn write(self: Arc<Self>, mut close: mpsc::Receiver<oneshot::Sender<()>>) {
         // What Redis holds for each of this node's connections.
         let mut mirror: HashMap<ConnId, (Arc<str>, Arc<str>)> = HashMap::new();
         let node = self.link.node_name();
         loop {
-            self.link.outbox.wake.notified().await;
+            let closing = tokio::select! {
+                () = self.link.outbox.wake.notified() => None,
+                asked = close.recv() => asked,
+            };
             if self
                 .link
                 .outbox
@@ -490,28 +501,47 @@ impl RedisPresence {
             for (channel, payload) in &pending.notices {
                 pipe.publish(channel, payload).ignore();
             }
-            if next.is_empty() && pending.releases.is_empty() && pending.notices.is_empty() {
-                continue;
-            }
-            let mut conn = self.link.conn();
-            let written: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
-            match self.link.note(written) {
-                Ok(()) => {
-                    for (id, now) in next {
-                        match now {
-                            Some(place) => mirror.insert(id, place),
-                            None => mirror.remove(&id),
-                        };
+            let idle = next.is_empty() && pending.releases.is_empty() && pending.notices.is_empty();
+            if !idle {
+                let mut conn = self.link.conn();
+                let written: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+                match self.link.note(written) {
+                    Ok(()) => {
+                        for (id, now) in next {
+                            match now {
+                                Some(place) => mirror.insert(id, place),
+                                None => mirror.remove(&id),
+                            };
+                        }
                     }
+                    Err(_) if closing.is_none() => {
+                        // Try the changes again once Redis is back (the
+                        // heartbeat wakes this); the notices are lost.
+                        self.link.outbox.retry(pending.changed);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(_) => {}
                 }
-                Err(_) => {
-                    // Try the changes again once Redis is back (the
-                    // heartbeat wakes this); the notices are lost.
-                    self.link.outbox.retry(pending.changed);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+            }
+            if let Some(done) = closing {
+                self.leave(&node).await;
+                let _ = done.send(());
+                return;
             }
         }
+    }
+
+    /// Takes this node out of the chat at shutdown, so the others need not
+    /// wait for its heartbeat to run out.
+    async fn leave(&self, node: &str) {
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.link.nodes(), node)
+            .ignore()
+            .del(self.link.node_members(node))
+            .ignore();
+        let mut conn = self.link.conn();
+        let left: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        let _ = self.link.note(left);
     }
 
     /// The node's heartbeat: stays in the set of live nodes, refreshes its
@@ -709,6 +739,17 @@ impl Presence for RedisPresence {
 
     fn hand_over(&self, nick: &str, secret: u128) -> Option<Arc<Mailbox>> {
         self.local.hand_over(nick, secret)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        let close = lock(&self.close).take();
+        Box::pin(async move {
+            let Some(close) = close else { return };
+            let (done, flushed) = oneshot::channel();
+            if close.send(done).await.is_ok() {
+                let _ = flushed.await;
+            }
+        })
     }
 
     fn take_nick(
