@@ -148,11 +148,19 @@ macro_rules! redis_or_skip {
     };
 }
 
+/// A Redis and two nodes on it: `(redis, (a, url_a), (b, url_b))`.
+macro_rules! two_nodes {
+    () => {{
+        let redis = redis_or_skip!();
+        let a = node(&redis).await;
+        let b = node(&redis).await;
+        (redis, a, b)
+    }};
+}
+
 #[tokio::test]
 async fn messages_and_notices_reach_every_node_in_both_modes() {
-    let redis = redis_or_skip!();
-    let (_a, url_a) = node(&redis).await;
-    let (_b, url_b) = node(&redis).await;
+    let (_redis, (_a, url_a), (_b, url_b)) = two_nodes!();
     let (mut alice, _) = join_as(&url_a, "alice", "lobby").await;
     let mut bob = Peer::plain_raw(&format!("{url_b}/?nick=bob")).await;
     bob.expect(wschat::protocol::WELCOME).await;
@@ -176,9 +184,7 @@ async fn messages_and_notices_reach_every_node_in_both_modes() {
 
 #[tokio::test]
 async fn ids_go_up_by_one_with_publishers_on_two_nodes_and_each_sender_keeps_its_order() {
-    let redis = redis_or_skip!();
-    let (_a, url_a) = node(&redis).await;
-    let (_b, url_b) = node(&redis).await;
+    let (_redis, (_a, url_a), (_b, url_b)) = two_nodes!();
     let (mut watch_a, _) = join_as(&url_a, "wa", "race").await;
     let (mut watch_b, _) = join_as(&url_b, "wb", "race").await;
     let (mut one, _) = join_as(&url_a, "one", "race").await;
@@ -213,9 +219,7 @@ async fn ids_go_up_by_one_with_publishers_on_two_nodes_and_each_sender_keeps_its
 
 #[tokio::test]
 async fn a_nick_is_unique_across_nodes_and_who_and_rooms_see_every_node() {
-    let redis = redis_or_skip!();
-    let (_a, url_a) = node(&redis).await;
-    let (_b, url_b) = node(&redis).await;
+    let (_redis, (_a, url_a), (_b, url_b)) = two_nodes!();
     let (mut alice, _) = join_as(&url_a, "alice", "lobby").await;
     let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
     let (mut carol, _) = join_as(&url_b, "carol", "rust").await;
@@ -262,9 +266,7 @@ async fn a_nick_is_unique_across_nodes_and_who_and_rooms_see_every_node() {
 
 #[tokio::test]
 async fn a_private_message_reaches_only_its_recipient_on_another_node() {
-    let redis = redis_or_skip!();
-    let (_a, url_a) = node(&redis).await;
-    let (_b, url_b) = node(&redis).await;
+    let (_redis, (_a, url_a), (_b, url_b)) = two_nodes!();
     let (mut alice, _) = join_as(&url_a, "alice", "lobby").await;
     let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
     let (mut carol, _) = join_as(&url_b, "carol", "lobby").await;
@@ -307,9 +309,7 @@ async fn a_private_message_reaches_only_its_recipient_on_another_node() {
 
 #[tokio::test]
 async fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
-    let redis = redis_or_skip!();
-    let (_a, url_a) = node(&redis).await;
-    let (_b, url_b) = node(&redis).await;
+    let (_redis, (_a, url_a), (_b, url_b)) = two_nodes!();
     let (mut alice, epoch, secret) = resume_as(&url_a, "alice", "lobby", "").await;
     let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
     for n in 1..=3 {
@@ -345,9 +345,7 @@ async fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
 
 #[tokio::test]
 async fn every_room_on_every_node_has_the_chat_s_one_epoch() {
-    let redis = redis_or_skip!();
-    let (_a, url_a) = node(&redis).await;
-    let (_b, url_b) = node(&redis).await;
+    let (_redis, (_a, url_a), (_b, url_b)) = two_nodes!();
     let (mut alice, epoch) = join_as(&url_a, "alice", "lobby").await;
     let (_bob, other) = join_as(&url_b, "bob", "rust").await;
     assert_eq!(other, epoch);
@@ -391,9 +389,7 @@ async fn a_stopped_node_s_users_leave_at_once() {
 
 #[tokio::test]
 async fn a_killed_node_s_users_leave_and_free_their_nicks_within_the_ttl() {
-    let redis = redis_or_skip!();
-    let (a, url_a) = node(&redis).await;
-    let (_b, url_b) = node(&redis).await;
+    let (_redis, (a, url_a), (_b, url_b)) = two_nodes!();
     let (_alice, _) = join_as(&url_a, "alice", "lobby").await;
     let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
     assert_eq!(who(&mut bob).await, ["alice", "bob"]);
@@ -474,9 +470,7 @@ async fn healthz(addr: std::net::SocketAddr) -> u16 {
 
 #[tokio::test]
 async fn a_killed_pubsub_connection_is_replaced_and_nothing_is_lost() {
-    let redis = redis_or_skip!();
-    let (_a, url_a) = node(&redis).await;
-    let (_b, url_b) = node(&redis).await;
+    let (redis, (_a, url_a), (_b, url_b)) = two_nodes!();
     let (mut sender, _) = join_as(&url_a, "sender", "lobby").await;
     let (mut reader, _) = join_as(&url_b, "reader", "lobby").await;
     let mut admin = redis.connection().await;
@@ -548,9 +542,7 @@ async fn redis_and_db_together_exit_2_and_an_unreachable_redis_exits_1() {
 
 #[tokio::test]
 async fn the_client_moves_to_the_next_url_when_its_node_dies_and_resumes_there() {
-    let redis = redis_or_skip!();
-    let (a, url_a) = node(&redis).await;
-    let (_b, url_b) = node(&redis).await;
+    let (redis, (a, url_a), (_b, url_b)) = two_nodes!();
     let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
     let mut dave = Proc::spawn(
         env!("CARGO_BIN_EXE_client"),
