@@ -75,6 +75,26 @@ end
 return 0
 ";
 
+/// A nick lease's value: `NODE SEQ SECRET Nick`.
+struct Lease<'a> {
+    node: &'a str,
+    seq: u64,
+    secret: &'a str,
+    nick: &'a str,
+}
+
+impl<'a> Lease<'a> {
+    fn parse(value: &'a str) -> Option<Self> {
+        let mut parts = value.splitn(4, ' ');
+        Some(Self {
+            node: parts.next()?,
+            seq: parts.next()?.parse().ok()?,
+            secret: parts.next()?,
+            nick: parts.next()?,
+        })
+    }
+}
+
 /// What goes to another node's inbox.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "lowercase")]
@@ -173,7 +193,6 @@ impl RedisPresence {
             previous.replace();
         }
         let key = self.link.nick(&lower);
-        let mine = self.local.place(id).is_some();
         let secret_hex = secret.map(|s| format!("{s:032x}")).unwrap_or_default();
         let own_secret = self.local_secret(id);
         let value = format!("{}{own_secret:032x} {nick}", self.owner(id));
@@ -189,24 +208,15 @@ impl RedisPresence {
             let gone = match holder.as_deref() {
                 // Freed meanwhile.
                 None => Some(String::new()),
-                Some(holder) => {
-                    let mut parts = holder.split(' ');
-                    match (parts.next(), parts.next(), parts.next()) {
-                        (Some(node), Some(seq), Some(secret))
-                            if node == self.link.node_name()
-                                && seq.parse().is_ok_and(|seq| {
-                                    let here = ConnId {
-                                        node: self.link.node,
-                                        seq,
-                                    };
-                                    self.local.place(here).is_none()
-                                }) =>
-                        {
-                            Some(secret.to_owned())
-                        }
-                        _ => None,
-                    }
-                }
+                Some(holder) => Lease::parse(holder)
+                    .filter(|lease| {
+                        let here = ConnId {
+                            node: self.link.node,
+                            seq: lease.seq,
+                        };
+                        lease.node == self.link.node_name() && self.local.place(here).is_none()
+                    })
+                    .map(|lease| lease.secret.to_owned()),
             };
             if let Some(secret) = gone {
                 previous = self.claim(&key, &value, id, &secret).await?;
@@ -216,14 +226,11 @@ impl RedisPresence {
             return Err(Self::taken(&nick));
         };
         // Taken over from a connection on another node: tell it.
-        if let Some((node, seq)) = previous
-            .split_once(' ')
-            .and_then(|(node, rest)| Some((node, rest.split(' ').next()?)))
-            .filter(|(node, _)| *node != self.link.node_name())
-            && let Ok(seq) = seq.parse()
-        {
-            let letter = serde_json::to_string(&Letter::Replaced { seq }).unwrap_or_default();
-            let sent: redis::RedisResult<usize> = conn.publish(self.link.inbox(node), letter).await;
+        if let Some(lease) = Lease::parse(&previous).filter(|l| l.node != self.link.node_name()) {
+            let letter = Letter::Replaced { seq: lease.seq };
+            let letter = serde_json::to_string(&letter).unwrap_or_default();
+            let inbox = self.link.inbox(lease.node);
+            let sent: redis::RedisResult<usize> = conn.publish(inbox, letter).await;
             let _ = self.link.note(sent);
         }
         let old = match self.local.rename_now(id, &nick) {
@@ -233,9 +240,6 @@ impl RedisPresence {
                 return Err(rejection);
             }
         };
-        if !mine {
-            return Ok(old);
-        }
         let earlier = lock(&self.leases).insert(id, (key.clone(), value));
         if let Some((earlier, _)) = earlier.filter(|(earlier, _)| *earlier != key) {
             self.release_lease(&earlier, id).await;
@@ -386,10 +390,7 @@ impl RedisPresence {
         let Some(lease) = lease else {
             return Err(no_such_user());
         };
-        let mut parts = lease.split(' ');
-        let (Some(node), Some(_seq), Some(_secret), Some(nick)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let Some(Lease { node, nick, .. }) = Lease::parse(&lease) else {
             return Err(no_such_user());
         };
         let letter = Letter::Private {
