@@ -28,6 +28,34 @@ async fn node_with(redis: &RedisServer, extra: &[&str]) -> (Proc, String) {
     spawn_server(&args).await
 }
 
+/// How many nodes the set of live nodes holds.
+async fn live_nodes(redis: &RedisServer) -> u64 {
+    let mut admin = redis.connection().await;
+    redis::cmd("ZCARD")
+        .arg("wschat:nodes")
+        .query_async(&mut admin)
+        .await
+        .expect("ZCARD")
+}
+
+/// Alice on node a, bob on node b; node a gets `signal`. Bob hears alice
+/// leave, `who` no longer lists her, and her nick is free on node b.
+async fn alice_s_node_goes(redis: &RedisServer, signal: &str, ttl: &str) {
+    let (a, url_a) = node_with(redis, &["--presence-ttl", ttl]).await;
+    let (_b, url_b) = node_with(redis, &["--presence-ttl", ttl]).await;
+    let (_alice, _) = join_as(&url_a, "alice", "lobby").await;
+    let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
+    assert_eq!(who(&mut bob).await, ["alice", "bob"]);
+    a.signal(signal);
+    wait_for(
+        &mut bob,
+        |f| matches!(f, ServerFrame::Left { nick, .. } if nick == "alice"),
+    )
+    .await;
+    assert_eq!(who(&mut bob).await, ["bob"]);
+    let (_alice, _) = join_as(&url_b, "alice", "lobby").await;
+}
+
 /// Waits until every node has sent `beats` more heartbeats (each moves its
 /// score in the set of live nodes).
 async fn heartbeats(redis: &RedisServer, beats: usize) {
@@ -366,42 +394,19 @@ async fn a_stopped_node_s_users_leave_at_once() {
     let redis = redis_or_skip!();
     // A TTL far beyond the test's waits: only the node's own goodbye can
     // free alice's nick in time.
-    let (a, url_a) = node_with(&redis, &["--presence-ttl", "600"]).await;
-    let (_b, url_b) = node_with(&redis, &["--presence-ttl", "600"]).await;
-    let (_alice, _) = join_as(&url_a, "alice", "lobby").await;
-    let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
-    a.signal("TERM");
-    wait_for(
-        &mut bob,
-        |f| matches!(f, ServerFrame::Left { nick, .. } if nick == "alice"),
-    )
-    .await;
-    assert_eq!(who(&mut bob).await, ["bob"]);
-    let (_alice, _) = join_as(&url_b, "alice", "lobby").await;
-    let mut admin = redis.connection().await;
-    let live: u64 = redis::cmd("ZCARD")
-        .arg("wschat:nodes")
-        .query_async(&mut admin)
-        .await
-        .expect("ZCARD");
-    assert_eq!(live, 1, "the stopped node left the set of live nodes");
+    alice_s_node_goes(&redis, "TERM", "600").await;
+    assert_eq!(
+        live_nodes(&redis).await,
+        1,
+        "the stopped node left the set of live nodes"
+    );
 }
 
 #[tokio::test]
 async fn a_killed_node_s_users_leave_and_free_their_nicks_within_the_ttl() {
-    let (_redis, (a, url_a), (_b, url_b)) = two_nodes!();
-    let (_alice, _) = join_as(&url_a, "alice", "lobby").await;
-    let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
-    assert_eq!(who(&mut bob).await, ["alice", "bob"]);
-    a.signal("KILL");
+    let redis = redis_or_skip!();
     // Within the TTL (2 s) and a heartbeat, bob's node cleans up after it.
-    wait_for(
-        &mut bob,
-        |f| matches!(f, ServerFrame::Left { nick, .. } if nick == "alice"),
-    )
-    .await;
-    assert_eq!(who(&mut bob).await, ["bob"]);
-    let (_alice, _) = join_as(&url_b, "alice", "lobby").await;
+    alice_s_node_goes(&redis, "KILL", "2").await;
 }
 
 #[tokio::test]
@@ -582,15 +587,9 @@ async fn the_client_moves_to_the_next_url_when_its_node_dies_and_resumes_there()
     assert_eq!(missed, 1, "{lines:?}");
     // Dave resumed on node b under his nick: when node a is cleaned up
     // after (it leaves the set of live nodes), nobody is told he left.
-    let mut admin = redis.connection().await;
     within("node a to be cleaned up after", async {
         loop {
-            let live: u64 = redis::cmd("ZCARD")
-                .arg("wschat:nodes")
-                .query_async(&mut admin)
-                .await
-                .expect("ZCARD");
-            if live == 1 {
+            if live_nodes(&redis).await == 1 {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

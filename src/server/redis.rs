@@ -40,6 +40,9 @@ pub struct RedisLink {
     prefix: String,
     /// Why the last command failed, until one succeeds.
     command_trouble: Mutex<Option<String>>,
+    /// Whether `command_trouble` holds anything, so a success (every
+    /// message's append) costs no lock while all is well.
+    troubled: AtomicBool,
     /// Set while the pub/sub connection is down.
     pubsub_down: AtomicBool,
     /// Notices and presence changes on their way to Redis.
@@ -108,6 +111,7 @@ impl RedisLink {
             node,
             prefix: prefix.to_owned(),
             command_trouble: Mutex::new(None),
+            troubled: AtomicBool::new(false),
             pubsub_down: AtomicBool::new(false),
             outbox: Outbox::default(),
             metrics,
@@ -196,11 +200,16 @@ impl RedisLink {
             warn!("Redis command failed: {err}");
         }
         *trouble = Some(format!("Redis is unavailable: {err}"));
+        self.troubled.store(true, Ordering::Relaxed);
     }
 
     /// Records that a command succeeded.
     pub fn succeeded(&self) {
+        if !self.troubled.load(Ordering::Relaxed) {
+            return;
+        }
         let mut trouble = lock(&self.command_trouble);
+        self.troubled.store(false, Ordering::Relaxed);
         if trouble.take().is_some() {
             tracing::info!("Redis answers again");
         }

@@ -335,8 +335,10 @@ impl NodeTask {
             return;
         }
         self.local.publish(room, message(room, id, origin, body));
-        self.rooms
-            .insert(room.clone(), Sequence { epoch, last: id });
+        // Followed rooms always have an entry (see `received`).
+        if let Some(at) = self.rooms.get_mut(room) {
+            *at = Sequence { epoch, last: id };
+        }
     }
 
     /// Tells the room's local members that its history started again.
