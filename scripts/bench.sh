@@ -15,7 +15,9 @@
 # find-max; c N=1000 S=10 at 50 msg/s; d 5000 idle connections (IDLE=15000
 # for more); e N=100 S=100 find-max; f as a with one client that never reads;
 # g N=1000 in 100 rooms of 10, every client sending (JSON), find-max, with the
-# senders' acknowledgement p99 (run it with SERVER_ARGS="--db ..."); abuse:
+# senders' acknowledgement p99 (run it with SERVER_ARGS="--db ..."); h g's
+# clients at a fixed rate, RATE_H messages/s (default 26000, about half of
+# g's maximum with --db), for the acknowledgement p99 there; abuse:
 # scenario c while benches/abuse.rs runs every attack in turn, with the
 # server's peak RSS (compare with c in the same sitting); ATTACKS="--only
 # flood" runs only the attacks whose name contains "flood".
@@ -130,6 +132,7 @@ for scenario in $SCENARIOS; do
                 a/*|f/*) args+=(--rate 1000) ;;
                 b/*|e/*) args+=(--rate 10000) ;;
                 g/*) args+=(--rate 5000) ;;
+                h/*) args+=(--rate "${RATE_H:-26000}") ;;
                 d/*) args+=(--clients "${IDLE:-5000}") ;;
             esac
             # shellcheck disable=SC2206
@@ -189,7 +192,7 @@ elif statistics.median(r[0] for r in rows) == 0:
     print(f"{scenario} {target}: none sustainable (loss or dropped clients at the first step) in most runs")
 else:
     extra = ""
-    if scenario == "g":
+    if scenario in ("g", "h"):
         extra = (f", {statistics.median(r[4] for r in rows):,.0f} messages/s stored, "
                  f"ack p99 {statistics.median(r[3] for r in rows):.2f} ms")
     if scenario == "abuse":

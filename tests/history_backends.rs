@@ -221,3 +221,60 @@ async fn sqlite_history_prunes_past_retain_and_never_reuses_ids() {
     let history = open(&path, 3, fanout);
     assert_eq!(append(&history, "lobby", "13").await.id, 13);
 }
+
+/// Many appends at once, committed together in batches of whatever was
+/// waiting: every one is stored once under the id it was acknowledged with,
+/// the ids of each room run on without a hole, and so they are after reopening.
+#[tokio::test]
+async fn sqlite_history_stores_3000_concurrent_appends_under_their_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("chat.db");
+    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let history = open(&path, 100_000, fanout.clone());
+    let appends = (0..3000).map(|n| {
+        let room = if n % 2 == 0 { "lobby" } else { "other" };
+        history.append(message(room, &n.to_string()))
+    });
+    let stamps = within("3000 appends", futures_util::future::join_all(appends)).await;
+    // The text each id in the lobby was given when it was stored.
+    let lobby: std::collections::HashMap<u64, String> = stamps
+        .into_iter()
+        .enumerate()
+        .filter(|(n, _)| n % 2 == 0)
+        .map(|(n, stamp)| (stamp.expect("stored").id, n.to_string()))
+        .collect();
+
+    check_both_rooms(&history, &lobby).await;
+    drop(history);
+    check_both_rooms(&open(&path, 100_000, fanout), &lobby).await;
+}
+
+/// Reads of 1500 messages in each of two rooms, and the lobby's texts.
+async fn check_both_rooms(history: &SqliteHistory, lobby: &std::collections::HashMap<u64, String>) {
+    let expect = |from: u64, to: u64| (from..=to).collect::<Vec<u64>>();
+    for room in ["lobby", "other"] {
+        assert_eq!(
+            ids(history, room, Since::After(0), 2000).await,
+            expect(1, 1500)
+        );
+        assert_eq!(
+            ids(history, room, Since::Recent, 600).await,
+            expect(901, 1500)
+        );
+        assert_eq!(
+            ids(history, room, Since::After(1200), 5).await,
+            expect(1201, 1205)
+        );
+        assert_eq!(
+            ids(history, room, Since::Before(1400), 700).await,
+            expect(700, 1399)
+        );
+    }
+    // Every text came back under the id its append was answered with.
+    let page = history
+        .read("lobby", Since::Recent, 1500)
+        .await
+        .expect("read");
+    assert_eq!(page.messages.len(), 1500);
+    assert!(page.messages.iter().all(|m| lobby[&m.id] == m.text));
+}
