@@ -54,9 +54,11 @@ struct Args {
     /// The server sends every message back to its sender too.
     #[arg(long)]
     echo: bool,
-    /// The server's process id: report its CPU time per delivery and its RSS.
-    #[arg(long)]
-    pid: Option<u32>,
+    /// The server's process id: report its CPU time per delivery and its RSS;
+    /// give it several times (the nodes of one chat and their Redis) for the
+    /// sum of them all.
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
     /// Raise the rate step by step; report the highest with no loss, no drop
     /// and p99 <= 100 ms.
     #[arg(long)]
@@ -303,6 +305,23 @@ fn cpu_micros(pid: Option<u32>) -> Option<f64> {
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     // Linux reports these in clock ticks of 1/100 s on every common configuration.
     Some(ticks * 10_000.0)
+}
+
+/// CPU time of the server's processes together, in microseconds (`None`
+/// without any, or when one is gone).
+fn server_cpu_micros(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| cpu_micros(Some(pid))).sum()
+}
+
+/// Resident set size of the server's processes together, in MiB.
+fn server_rss_mib(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| rss_mib(pid)).sum()
 }
 
 /// Resident set size of a process in MiB, from /proc.
@@ -754,7 +773,7 @@ impl Generator {
         let dropped_before = self.stats.dropped;
         let senders = self.args.senders();
         let duration = Duration::from_secs_f64(self.args.duration);
-        let server_before = cpu_micros(self.args.pid).filter(|_| self.args.pid.is_some());
+        let server_before = server_cpu_micros(&self.args.pids);
         let own_before = cpu_micros(None).unwrap_or(0.0);
         let pad = "x".repeat(self.args.size.saturating_sub(29));
         let began = Instant::now();
@@ -799,7 +818,7 @@ impl Generator {
         }
         let seconds = began.elapsed().as_secs_f64();
         let server_cpu_us =
-            server_before.and_then(|before| Some(cpu_micros(self.args.pid)? - before));
+            server_before.and_then(|before| Some(server_cpu_micros(&self.args.pids)? - before));
         let own = cpu_micros(None).unwrap_or(0.0) - own_before;
         let stats = &self.stats;
         Report {
@@ -815,7 +834,7 @@ impl Generator {
             ack_p99: (stats.acks.total() > 0).then(|| stats.acks.quantile_ms(0.99)),
             max: stats.latency.max as f64 / 1000.0,
             server_cpu_us,
-            server_rss_mib: self.args.pid.and_then(rss_mib),
+            server_rss_mib: server_rss_mib(&self.args.pids),
             generator_cpu: own / 1e6 / seconds,
             frames_per_read: stats.frames as f64 / stats.reads.max(1) as f64,
         }
@@ -824,15 +843,15 @@ impl Generator {
 
 /// Idle connections: the server's RSS before and after, per connection.
 fn idle(args: &Args) -> Result<(), String> {
-    let Some(pid) = args.pid else {
+    if args.pids.is_empty() {
         return Err("--idle needs --pid".into());
-    };
+    }
     let target = targets(&args.urls)?;
-    let before = rss_mib(pid).unwrap_or(0.0);
+    let before = server_rss_mib(&args.pids).unwrap_or(0.0);
     let sockets = connect_all(&target, args.json, args.clients());
     // Let the server finish greeting everyone before reading its RSS.
     std::thread::sleep(Duration::from_secs(2));
-    let after = rss_mib(pid).unwrap_or(0.0);
+    let after = server_rss_mib(&args.pids).unwrap_or(0.0);
     let per = (after - before) * 1024.0 / args.clients() as f64;
     println!(
         "idle connections: {}  server RSS before {before:.1} MiB, after {after:.1} MiB: {per:.2} KiB per connection",

@@ -23,9 +23,10 @@
 # flood" runs only the attacks whose name contains "flood".
 # Targets: wschat (one node, memory), redis (one node on a fresh
 # redis-server), cluster (two nodes on one fresh redis-server, the clients
-# split between them; CPU figures are the first node's), exercise (the
-# classic broadcast exercise). Redis and every node share core 0. The Redis
-# targets save each run's `redis-cli info commandstats` next to its table.
+# split between them), exercise (the classic broadcast exercise). Redis and
+# every node share core 0, and their CPU and RSS figures are those of the
+# nodes and Redis together. The Redis targets save each run's `redis-cli info
+# commandstats` next to its table.
 # SERVER_ARGS go to wschat's server; a --db file named there is removed
 # before each run, so every run starts from an empty history.
 set -euo pipefail
@@ -116,6 +117,9 @@ for scenario in $SCENARIOS; do
                 attacker=$!
             fi
             args=(--url "ws://127.0.0.1:$PORT" --scenario "$measured" --pid "$SERVER_PID" --duration "$DURATION")
+            # The Redis targets' CPU and RSS figures are those of every node
+            # and the redis-server together: the whole server side.
+            for pid in $EXTRA_PIDS; do args+=(--pid "$pid"); done
             if [ "$target" = cluster ]; then
                 args+=(--url "ws://127.0.0.1:$((PORT + 1))")
                 # Both nodes answer before the clients come.
