@@ -7,16 +7,14 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Peer, TestServer, WAIT, free_port, within};
+use common::{Peer, TestServer, WAIT, free_port, start_helper, within};
 use fantoccini::elements::Element;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wschat::protocol::ServerFrame;
 
@@ -50,25 +48,12 @@ async fn browser() -> Option<Browser> {
     }
     let turn = ONE_AT_A_TIME.lock().await;
     let port = free_port();
-    let mut driver = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromedriver");
-    let mut lines = BufReader::new(driver.stdout.take().expect("stdout")).lines();
-    within("chromedriver to start", async {
-        while let Some(line) = lines.next_line().await.expect("chromedriver output") {
-            if line.contains("started successfully") {
-                return;
-            }
-        }
-        panic!("chromedriver exited");
-    })
+    let driver = start_helper(
+        Command::new(CHROMEDRIVER).arg(format!("--port={port}")),
+        "chromedriver",
+        "started successfully",
+    )
     .await;
-    // Drain the rest so chromedriver never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let profile = tempfile::tempdir().expect("profile dir");
     let mut caps = serde_json::Map::new();

@@ -33,6 +33,30 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     }
 }
 
+/// Starts a helper program (redis-server, chromedriver), waits until its
+/// standard output shows `ready`, then keeps reading it so the program never
+/// blocks on a full pipe. The program is killed when the `Child` is dropped.
+pub async fn start_helper(command: &mut Command, name: &str, ready: &str) -> Child {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {name}: {err}"));
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    within(&format!("{name} to start"), async {
+        while let Some(line) = lines.next_line().await.expect("read its output") {
+            if line.contains(ready) {
+                return;
+            }
+        }
+        panic!("{name} ended before it was ready");
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,

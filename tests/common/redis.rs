@@ -3,10 +3,9 @@
 
 use std::process::Stdio;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{free_port, within};
+use super::{free_port, start_helper, within};
 
 const REDIS_SERVER: &str = "redis-server";
 
@@ -38,27 +37,14 @@ impl RedisServer {
 
     /// Starts one on `port` and waits until it accepts connections.
     pub async fn on_port(port: u16) -> Self {
-        let mut child = Command::new(REDIS_SERVER)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn redis-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        within("redis-server to start", async {
-            while let Some(line) = lines.next_line().await.expect("read") {
-                if line.contains("Ready to accept connections") {
-                    return;
-                }
-            }
-            panic!("redis-server ended before it was ready");
-        })
+        let child = start_helper(
+            Command::new(REDIS_SERVER)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]),
+            "redis-server",
+            "Ready to accept connections",
+        )
         .await;
-        // Keep reading so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self { port, child }
     }
 
