@@ -307,21 +307,23 @@ fn cpu_micros(pid: Option<u32>) -> Option<f64> {
     Some(ticks * 10_000.0)
 }
 
-/// CPU time of the server's processes together, in microseconds (`None`
-/// without any, or when one is gone).
-fn server_cpu_micros(pids: &[u32]) -> Option<f64> {
+/// A figure summed over the server's processes (`None` without any, or
+/// when one of them is gone).
+fn summed(pids: &[u32], each: impl Fn(u32) -> Option<f64>) -> Option<f64> {
     if pids.is_empty() {
         return None;
     }
-    pids.iter().map(|&pid| cpu_micros(Some(pid))).sum()
+    pids.iter().map(|&pid| each(pid)).sum()
+}
+
+/// CPU time of the server's processes together, in microseconds.
+fn server_cpu_micros(pids: &[u32]) -> Option<f64> {
+    summed(pids, |pid| cpu_micros(Some(pid)))
 }
 
 /// Resident set size of the server's processes together, in MiB.
 fn server_rss_mib(pids: &[u32]) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
-    }
-    pids.iter().map(|&pid| rss_mib(pid)).sum()
+    summed(pids, rss_mib)
 }
 
 /// Resident set size of a process in MiB, from /proc.
