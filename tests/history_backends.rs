@@ -15,6 +15,18 @@ use wschat::server::metrics::BackendMetrics;
 
 const ORIGIN: ConnId = ConnId { node: 7, seq: 1 };
 
+/// An in-memory fan-out for a history to publish to.
+fn memory_fanout() -> Arc<dyn Fanout> {
+    Arc::new(MemoryFanout::new(64))
+}
+
+/// A database path in a fresh directory, removed when the guard drops.
+fn db_path() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("chat.db");
+    (dir, path)
+}
+
 fn message(room: &str, text: &str) -> NewMessage {
     NewMessage {
         origin: ORIGIN,
@@ -118,7 +130,7 @@ async fn suite(history: &dyn History, fanout: &dyn Fanout) {
 
 #[tokio::test]
 async fn memory_history_meets_the_interface() {
-    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let fanout = memory_fanout();
     let history = MemoryHistory::new(100, fanout.clone());
     suite(&history, &*fanout).await;
 }
@@ -143,7 +155,7 @@ async fn redis_history_meets_the_interface() {
 
 #[tokio::test]
 async fn memory_history_keeps_only_its_capacity() {
-    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let fanout = memory_fanout();
     let history = MemoryHistory::new(3, fanout);
     for n in 1..=5 {
         append(&history, "lobby", &n.to_string()).await;
@@ -164,17 +176,16 @@ fn open(path: &std::path::Path, retain: u64, fanout: Arc<dyn Fanout>) -> SqliteH
 
 #[tokio::test]
 async fn sqlite_history_meets_the_interface() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
-    let history = open(&dir.path().join("chat.db"), 100, fanout.clone());
+    let (_dir, path) = db_path();
+    let fanout = memory_fanout();
+    let history = open(&path, 100, fanout.clone());
     suite(&history, &*fanout).await;
 }
 
 #[tokio::test]
 async fn sqlite_history_survives_reopening_with_its_ids_and_epoch() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("chat.db");
-    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let (_dir, path) = db_path();
+    let fanout = memory_fanout();
     let first = open(&path, 100, fanout.clone());
     for n in 1..=3 {
         append(&first, "lobby", &n.to_string()).await;
@@ -198,9 +209,8 @@ async fn sqlite_history_survives_reopening_with_its_ids_and_epoch() {
 
 #[tokio::test]
 async fn sqlite_history_prunes_past_retain_and_never_reuses_ids() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("chat.db");
-    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let (_dir, path) = db_path();
+    let fanout = memory_fanout();
     let history = open(&path, 3, fanout.clone());
     for n in 1..=10 {
         append(&history, "lobby", &n.to_string()).await;
@@ -217,7 +227,7 @@ async fn sqlite_history_prunes_past_retain_and_never_reuses_ids() {
     );
     // Pruning leaves the ids alone: they continue after the last one.
     drop(history);
-    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let fanout = memory_fanout();
     let history = open(&path, 3, fanout);
     assert_eq!(append(&history, "lobby", "13").await.id, 13);
 }
@@ -227,9 +237,8 @@ async fn sqlite_history_prunes_past_retain_and_never_reuses_ids() {
 /// the ids of each room run on without a hole, and so they are after reopening.
 #[tokio::test]
 async fn sqlite_history_stores_3000_concurrent_appends_under_their_ids() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("chat.db");
-    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(64));
+    let (_dir, path) = db_path();
+    let fanout = memory_fanout();
     let history = open(&path, 100_000, fanout.clone());
     let appends = (0..3000).map(|n| {
         let room = if n % 2 == 0 { "lobby" } else { "other" };
