@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Peer, Proc, plain_peers, spawn_server};
+use common::{Peer, Proc, metric, plain_peers, spawn_server, within};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 
@@ -276,5 +276,55 @@ async fn a_stderr_nobody_reads_never_stalls_the_chat() {
     assert!(
         last.contains(" log line(s) were dropped: stderr could not keep up"),
         "{last}"
+    );
+}
+
+/// Lines lost to a closed stderr were not counted: the counter of dropped
+/// log lines only knew of lines dropped from a full queue.
+#[tokio::test]
+async fn log_lines_lost_to_a_closed_stderr_are_counted() {
+    use tokio::io::AsyncBufReadExt;
+    let mut server = tokio::process::Command::new(SERVER)
+        .args(["--port", "0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let stderr = server.stderr.take().expect("stderr");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let url = within("the listening line", async {
+        loop {
+            let line = lines.next_line().await.expect("read").expect("a line");
+            if let Some((_, url)) = line.split_once("listening on ") {
+                return url.trim().to_owned();
+            }
+        }
+    })
+    .await;
+    // Nobody reads the server's stderr any more.
+    drop(lines);
+    for _ in 0..5 {
+        Peer::plain(&url).await.close().await;
+    }
+    let addr = url.trim_start_matches("ws://").parse().expect("address");
+    // Each connection logs two lines: it came and it went.
+    let dropped = within("ten lines counted", async {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            every.tick().await;
+            let answer = common::metrics(addr).await;
+            let dropped = metric(&answer, "wschat_log_lines_dropped_total").expect("the counter");
+            if dropped >= 10.0 {
+                return dropped;
+            }
+        }
+    })
+    .await;
+    assert_eq!(dropped, 10.0);
+    assert!(
+        server.try_wait().expect("wait").is_none(),
+        "the server died"
     );
 }

@@ -306,6 +306,31 @@ impl Peer {
     }
 }
 
+/// The whole answer (head and Prometheus text) to `GET /metrics`.
+pub async fn metrics(addr: SocketAddr) -> String {
+    let mut stream = within("connect", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    within("metrics", stream.read_to_string(&mut answer))
+        .await
+        .expect("read");
+    answer
+}
+
+/// The value of the sample named `name` (with its labels, if any) in a
+/// `/metrics` answer.
+pub fn metric(answer: &str, name: &str) -> Option<f64> {
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// Reads a raw HTTP response head (status line and headers) from a TCP stream.
 pub async fn http_status(stream: &mut TcpStream) -> u16 {
     read_response_head(stream).await.0
