@@ -24,21 +24,9 @@ async fn healthz(url: &str) -> u16 {
     .await
 }
 
-/// The server's `/metrics` text.
+/// The server's `/metrics` answer.
 async fn metrics(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr_of(url))
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("write");
-    let mut answer = String::new();
-    within("metrics", stream.read_to_string(&mut answer))
-        .await
-        .expect("read");
-    answer
+    common::metrics(addr_of(url)).await
 }
 
 /// A JSON peer past its welcome, named `nick`; returns it and the epoch.
@@ -379,4 +367,45 @@ async fn a_full_disk_answers_unavailable_and_503_until_it_has_room_again() {
     }
     let expected: Vec<(u64, String)> = (first..).zip(stored).collect();
     assert_eq!(texts, expected);
+}
+
+/// `--retain` pruned only when the writer woke for the next write: after
+/// 20 messages with `--retain 5` and then silence, all 20 stayed for ever.
+#[tokio::test]
+async fn retain_prunes_in_the_background_with_nothing_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("chat.db");
+    let path = db.to_str().expect("utf-8 path");
+    let (_server, url) = spawn_server(&["--db", path, "--retain", "5", "--rate", "0"]).await;
+    let (mut peer, _) = json_peer(&url, "ann").await;
+    for n in 0..20 {
+        peer.send(&say(&format!("m{n}"), &format!("c{n}"))).await;
+    }
+    // Every one acknowledged, so stored; from now on nothing is written.
+    let mut acked = 0;
+    while acked < 20 {
+        if let ServerFrame::Message { cid: Some(_), .. } = peer.frame().await {
+            acked += 1;
+        }
+    }
+    let file =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the file");
+    let kept = || -> Vec<i64> {
+        let mut ids = file
+            .prepare("SELECT id FROM messages ORDER BY id")
+            .expect("prepare");
+        ids.query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    within("pruning past --retain", async {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
+        while kept().len() > 5 {
+            every.tick().await;
+        }
+    })
+    .await;
+    assert_eq!(kept(), [16, 17, 18, 19, 20]);
 }

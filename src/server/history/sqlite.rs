@@ -133,6 +133,8 @@ enum Job {
     },
     /// Try a write to see whether a failing store works again.
     Probe,
+    /// Prune rooms past `--retain`, even with nothing to write.
+    Prune,
 }
 
 /// One room as the writer knows it.
@@ -142,6 +144,13 @@ struct RoomRow {
     last_id: u64,
     /// Ids up to this one are pruned already.
     pruned_through: u64,
+}
+
+impl RoomRow {
+    /// Whether it holds messages older than its newest `retain`.
+    fn past(&self, retain: u64) -> bool {
+        self.last_id.saturating_sub(retain) > self.pruned_through
+    }
 }
 
 impl SqliteHistory {
@@ -200,12 +209,14 @@ impl SqliteHistory {
         let (committed, batches) = mpsc::channel(COMMITTED);
         tokio::spawn(publish(batches, fanout));
         let health = Arc::new(Health::default());
+        let prune_due = Arc::new(AtomicBool::new(false));
         let mut store = Writer {
             conn: writer,
             rooms,
             retain,
             committed,
             health: health.clone(),
+            prune_due: prune_due.clone(),
             pruned_at: None,
             report: Report::default(),
             metrics,
@@ -213,7 +224,7 @@ impl SqliteHistory {
         std::thread::Builder::new()
             .name("wschat-history".into())
             .spawn(move || store.run(queue))?;
-        tokio::spawn(probe_while_failing(jobs.downgrade(), health.clone()));
+        tokio::spawn(keep_time(jobs.downgrade(), health.clone(), prune_due));
         Ok(Self {
             jobs,
             reader: Arc::new(Mutex::new(reader)),
@@ -324,14 +335,18 @@ impl Report {
     }
 }
 
-/// Sends the writer a probe every so often while writes fail, so the store
-/// is seen to work again even when nobody is writing.
-async fn probe_while_failing(jobs: mpsc::WeakSender<Job>, health: Arc<Health>) {
+/// The writer's clock, for what must happen even when nobody is writing:
+/// every so often a probe while writes fail (so the store is seen to work
+/// again), and pruning while some room is past `--retain`.
+async fn keep_time(jobs: mpsc::WeakSender<Job>, health: Arc<Health>, prune_due: Arc<AtomicBool>) {
+    let mut ticks = tokio::time::interval(PROBE_EVERY.min(PRUNE_EVERY));
     loop {
-        tokio::time::sleep(PROBE_EVERY).await;
+        ticks.tick().await;
         let Some(jobs) = jobs.upgrade() else { return };
         if health.failing.load(Ordering::Relaxed) {
             let _ = jobs.try_send(Job::Probe);
+        } else if prune_due.load(Ordering::Relaxed) {
+            let _ = jobs.try_send(Job::Prune);
         }
     }
 }
@@ -344,6 +359,9 @@ struct Writer {
     /// Where committed batches go to be published, in order.
     committed: mpsc::Sender<Committed>,
     health: Arc<Health>,
+    /// Set while some room is past `--retain`, for the clock to ask for
+    /// pruning when no write comes.
+    prune_due: Arc<AtomicBool>,
     /// When rooms were last pruned; `None` prunes after the first write.
     pruned_at: Option<Instant>,
     report: Report,
@@ -362,6 +380,7 @@ impl Writer {
         let mut last_commit: Option<Instant> = None;
         while let Some(job) = queue.blocking_recv() {
             let mut probe = false;
+            let mut prune = false;
             let mut next = Some(job);
             let mut gathered = false;
             loop {
@@ -369,6 +388,7 @@ impl Writer {
                     match job {
                         Job::Append { message, done } => batch.push((message, done)),
                         Job::Probe => probe = true,
+                        Job::Prune => prune = true,
                     }
                     if batch.len() < MAX_BATCH {
                         next = queue.try_recv().ok();
@@ -388,7 +408,7 @@ impl Writer {
             } else if probe {
                 self.probe();
             }
-            if self.pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            if prune || self.pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 self.pruned_at = Some(Instant::now());
                 self.prune();
             }
@@ -406,6 +426,9 @@ impl Writer {
             .observe(started.elapsed().as_secs_f64());
         match written {
             Ok((stamps, touched)) => {
+                if touched.iter().any(|(_, row)| row.past(self.retain)) {
+                    self.prune_due.store(true, Ordering::Relaxed);
+                }
                 self.rooms.extend(touched);
                 self.report.count(stamps.len());
                 self.health.recover();
@@ -499,19 +522,26 @@ impl Writer {
 
     /// Deletes one batch of messages past `--retain` in each room over it.
     fn prune(&mut self) {
+        let mut due = false;
         for row in self.rooms.values_mut() {
-            let cutoff = row.last_id.saturating_sub(self.retain);
-            if cutoff <= row.pruned_through {
+            if !row.past(self.retain) {
                 continue;
             }
+            let cutoff = row.last_id.saturating_sub(self.retain);
             let through = cutoff.min(row.pruned_through + PRUNE_BATCH);
             let result = prune_room(&mut self.conn, row, through);
             match result {
                 Ok(_) => row.pruned_through = through,
                 // Tried again next time; writes report trouble themselves.
-                Err(err) => return warn!("pruning history failed: {}", describe(&err)),
+                Err(err) => {
+                    warn!("pruning history failed: {}", describe(&err));
+                    due = true;
+                    break;
+                }
             }
+            due |= row.past(self.retain);
         }
+        self.prune_due.store(due, Ordering::Relaxed);
     }
 }
 
