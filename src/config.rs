@@ -108,7 +108,8 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
 
-    /// Rooms with members at once; joining a new room beyond gets `too_many_rooms`.
+    /// Rooms that hold memory at once (with members, or with history kept in
+    /// memory); joining a new room beyond gets `too_many_rooms`.
     #[arg(long, default_value_t = defaults::MAX_ROOMS)]
     pub max_rooms: usize,
 
@@ -335,7 +336,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Handshakes in progress at once.
     pub max_handshakes: usize,
-    /// Rooms with members at once.
+    /// Rooms that hold memory at once: with members, or with history kept
+    /// in memory.
     pub max_rooms: usize,
     /// Seconds an empty room's history is kept in memory after its last message.
     pub room_ttl: u64,
@@ -418,6 +420,15 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// What a room's channel may hold for its slowest member: `--max-lag`
+    /// frames and `--max-lag-bytes` bytes, as a connection's queue.
+    pub fn room_bounds(&self) -> crate::server::fanout::Bounds {
+        crate::server::fanout::Bounds {
+            frames: self.max_lag,
+            bytes: self.max_lag_bytes,
+        }
+    }
+
     /// Ping period.
     pub fn ping_every(&self) -> Duration {
         Duration::from_secs(self.ping_interval.max(1))

@@ -9,7 +9,7 @@ use common::redis::RedisServer;
 use common::within;
 use wschat::config::DbSync;
 use wschat::server::ConnId;
-use wschat::server::fanout::{Fanout, MemoryFanout, RoomFeed};
+use wschat::server::fanout::{Bounds, Fanout, MemoryFanout, RoomFeed};
 use wschat::server::history::{History, MemoryHistory, NewMessage, Since, SqliteHistory, Stamp};
 use wschat::server::metrics::BackendMetrics;
 
@@ -17,7 +17,10 @@ const ORIGIN: ConnId = ConnId { node: 7, seq: 1 };
 
 /// An in-memory fan-out for a history to publish to.
 fn memory_fanout() -> Arc<dyn Fanout> {
-    Arc::new(MemoryFanout::new(64))
+    Arc::new(MemoryFanout::new(Bounds {
+        frames: 64,
+        bytes: 1 << 20,
+    }))
 }
 
 /// A database path in a fresh directory, removed when the guard drops.

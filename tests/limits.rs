@@ -750,3 +750,106 @@ async fn wandering_through_many_rooms_costs_no_memory() {
     let grown = rss_kib(pid).saturating_sub(before);
     assert!(grown < 32 * 1024, "20,000 rooms cost {grown} KiB");
 }
+
+/// A room's buffer was bounded in frames only, and a reader closed for
+/// being too slow kept its place in it for the close's grace: 300 large
+/// messages that the other reader had long read stayed in memory.
+#[tokio::test]
+async fn a_room_s_buffer_is_bounded_in_bytes_and_frees_what_was_read() {
+    let (server, url) = common::spawn_server(&[
+        "--rate",
+        "0",
+        "--history",
+        "0",
+        "--max-message-bytes",
+        "65000",
+    ])
+    .await;
+    let pid = server.child.id().expect("running");
+    let (mut sender, _) = Peer::json_joined(&url).await;
+    let mut reader = Peer::plain(&url).await;
+    let mut stalled = Peer::plain(&url).await;
+    // Warm up: the allocator gets the arenas any large message needs.
+    for n in 0..5 {
+        say_large_and_read(&mut sender, &mut reader, n).await;
+    }
+    let before = rss_kib(pid);
+    for n in 5..305 {
+        say_large_and_read(&mut sender, &mut reader, n).await;
+    }
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(
+        grown < 12 * 1024,
+        "300 messages of 60 kB everyone had read cost {grown} KiB"
+    );
+    // The reader that never read was closed for it.
+    assert_eq!(stalled.closed().await, (1013, "too slow".to_owned()));
+}
+
+/// `sender` says a 60 kB message with cid `c{n}`, waits for its
+/// acknowledgement, and `reader` reads it.
+async fn say_large_and_read(sender: &mut Peer, reader: &mut Peer, n: usize) {
+    let text = "m".repeat(60_000);
+    sender
+        .send(&format!(r#"{{"type":"say","text":"{text}","cid":"c{n}"}}"#))
+        .await;
+    loop {
+        if let wschat::protocol::ServerFrame::Message { cid: Some(cid), .. } = sender.frame().await
+        {
+            assert_eq!(cid, format!("c{n}"));
+            break;
+        }
+    }
+    until(reader, &format!("{}: {text}", sender.name())).await;
+}
+
+/// `--max-rooms` counted rooms with members only, so one client could post
+/// into ever more new rooms, each kept in memory by its history for a day.
+#[tokio::test]
+async fn max_rooms_counts_rooms_kept_in_memory_by_their_history() {
+    let server = TestServer::with(|c| {
+        c.max_rooms = 20;
+        c.rate = 0;
+    })
+    .await;
+    let mut peer = Peer::plain(&server.url()).await;
+    let name = peer.name();
+    for n in 0..20 {
+        peer.send(&format!("/join r{n}")).await;
+        until(&mut peer, &format!("* {name} joined r{n}")).await;
+        peer.send("one message keeps the room").await;
+    }
+    peer.send("/join r20").await;
+    until(
+        &mut peer,
+        "! cannot open room r20: the server has its limit of 20 rooms in use",
+    )
+    .await;
+    // A room its history keeps can still be entered.
+    peer.send("/join r0").await;
+    until(&mut peer, &format!("{name}: one message keeps the room")).await;
+    until(&mut peer, &format!("* {name} joined r0")).await;
+    server.stop().await;
+}
+
+/// A room whose history is in the `--db` file costs no memory once empty,
+/// so it does not count against `--max-rooms`.
+#[tokio::test]
+async fn max_rooms_does_not_count_rooms_whose_history_is_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("chat.db");
+    let server = TestServer::with(|c| {
+        c.max_rooms = 5;
+        c.rate = 0;
+        c.db = Some(db);
+    })
+    .await;
+    let mut peer = Peer::plain(&server.url()).await;
+    let name = peer.name();
+    for n in 0..10 {
+        peer.send(&format!("/join r{n}")).await;
+        until(&mut peer, &format!("* {name} joined r{n}")).await;
+        peer.send("kept on disk").await;
+    }
+    server.stop().await;
+}

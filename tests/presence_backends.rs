@@ -10,7 +10,7 @@ use common::within;
 use wschat::config::ServerConfig;
 use wschat::protocol::{ErrorCode, Mode, RoomInfo};
 use wschat::server::ConnId;
-use wschat::server::fanout::{Delivery, Fanout, FeedError, MemoryFanout};
+use wschat::server::fanout::{Bounds, Delivery, Fanout, FeedError, MemoryFanout};
 use wschat::server::presence::{Mailbox, Member, MemoryPresence, Presence, PrivateMessage};
 
 fn conn(seq: u64) -> ConnId {
@@ -160,7 +160,11 @@ async fn fanout_suite(fanout: &dyn Fanout) {
 
 #[tokio::test]
 async fn memory_fanout_meets_the_interface() {
-    fanout_suite(&MemoryFanout::new(4)).await;
+    fanout_suite(&MemoryFanout::new(Bounds {
+        frames: 4,
+        bytes: 1 << 20,
+    }))
+    .await;
 }
 
 /// The Redis backends of one node on a test's own Redis.

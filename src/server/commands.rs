@@ -29,8 +29,16 @@ use crate::protocol::{
 /// Answers for the connection that sent a command, in order.
 pub(super) type Replies = Vec<ServerFrame>;
 
-/// A chat message being stored; yields the error to send back if it was not.
-pub(super) type Storing = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+/// What storing a chat message came to: its id, or the error to send back.
+pub(super) type Stored = Result<u64, ServerFrame>;
+
+/// A chat message being stored.
+pub(super) type Storing = Pin<Box<dyn Future<Output = Stored> + Send>>;
+
+/// Stored messages whose acknowledgement a connection may wait for at once;
+/// past that the oldest is no longer waited for (it still arrives if it
+/// comes through the feed).
+const MAX_AWAITING: usize = 1024;
 
 /// The most messages replayed in one go; a longer replay goes out a page at
 /// a time as the peer reads it.
@@ -62,6 +70,62 @@ pub(super) struct Conn {
     refused_in_a_row: u32,
     /// Present while the connection is registered; dropping it leaves.
     seat: Option<Seat>,
+    /// Its stored messages whose acknowledgement has not arrived yet.
+    pub acks: Acks,
+}
+
+/// A JSON connection's stored messages whose acknowledgement (its own copy,
+/// through the room feed) has not reached it yet.
+///
+/// In memory and SQLite a message is in the feed by the time its store
+/// returns; through Redis it arrives a little later, by pub/sub. Before the
+/// connection leaves its room or closes, it waits for these (bounded), and
+/// reads from history whichever did not come, so no acknowledgement of a
+/// stored message is ever lost.
+#[derive(Debug, Default)]
+pub(super) struct Acks {
+    /// Ids still to be acknowledged, oldest first.
+    awaiting: std::collections::VecDeque<u64>,
+    /// Own messages up to this id have been acknowledged.
+    through: u64,
+}
+
+impl Acks {
+    /// Message `id` was stored.
+    pub fn stored(&mut self, id: u64) {
+        if id <= self.through {
+            return;
+        }
+        if self.awaiting.len() >= MAX_AWAITING {
+            self.awaiting.pop_front();
+        }
+        self.awaiting.push_back(id);
+    }
+
+    /// Own message `id` came through the feed: whether its acknowledgement
+    /// is still to be sent (not when it was already read back).
+    pub fn arrived(&mut self, id: u64) -> bool {
+        if id <= self.through {
+            return false;
+        }
+        self.through = id;
+        while self.awaiting.front().is_some_and(|&waiting| waiting <= id) {
+            self.awaiting.pop_front();
+        }
+        true
+    }
+
+    /// Forgets what was acknowledged and awaited: the room's ids start
+    /// again (a new history, whose loss took the awaited messages with it,
+    /// or another room).
+    pub fn restart(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Whether a stored message's acknowledgement has not arrived yet.
+    pub fn pending(&self) -> bool {
+        !self.awaiting.is_empty()
+    }
 }
 
 /// A registered connection. Dropping it frees the nick and tells the room
@@ -159,6 +223,7 @@ impl Conn {
                 id,
                 shared: shared.clone(),
             }),
+            acks: Acks::default(),
         };
         let page = read(
             shared,
@@ -189,9 +254,11 @@ impl Conn {
         conn
     }
 
-    /// Leaves the room and frees the nick now rather than when dropped.
+    /// Leaves the room and frees the nick now rather than when dropped;
+    /// the room's channel keeps nothing more for this connection.
     pub fn leave(&mut self) {
         self.seat = None;
+        self.feed = RoomFeed::none();
     }
 
     /// Tells the room about this connection (it gets its own copy through
@@ -255,7 +322,8 @@ impl Conn {
         match request {
             Request::Say { text, cid } => {
                 if let Some(storing) = self.say(text, cid, shared, out) {
-                    out.extend(storing.await);
+                    let stored = storing.await;
+                    self.on_stored(stored, out);
                 }
             }
             Request::Nick { nick } => self.rename(&nick, shared, out).await,
@@ -306,12 +374,40 @@ impl Conn {
         }
     }
 
+    /// A message finished storing: its acknowledgement is awaited (JSON
+    /// mode), or its error answered.
+    pub fn on_stored(&mut self, stored: Stored, out: &mut Replies) {
+        match stored {
+            Ok(id) if self.mode == Mode::Json => self.acks.stored(id),
+            Ok(_) => {}
+            Err(reply) => out.push(reply),
+        }
+    }
+
+    /// Reads back from history the stored messages whose acknowledgement
+    /// did not come through the feed, and answers each with its own copy.
+    pub async fn recover_acks(&mut self, shared: &Shared, out: &mut Replies) {
+        let awaiting = std::mem::take(&mut self.acks.awaiting);
+        let (Some(&first), Some(&last)) = (awaiting.front(), awaiting.back()) else {
+            return;
+        };
+        self.acks.through = self.acks.through.max(last);
+        let span = usize::try_from(last - first + 1).unwrap_or(PAGE).min(PAGE);
+        if let Ok(page) = read(shared, &self.room, Since::After(first - 1), span).await {
+            let acked = page
+                .messages
+                .iter()
+                .filter(|m| awaiting.contains(&m.id) && m.from.eq_ignore_ascii_case(&self.nick));
+            out.extend(acked.map(|m| m.frame(&self.room, true)));
+        }
+    }
+
     /// A chat message: stored, then published by the history (which is how
     /// the sender gets its acknowledgement: its own copy, with its cid).
     ///
     /// Returns the store still under way, if it did not finish at once (a
     /// disk or network backend): the session goes on meanwhile, and the
-    /// future yields the error to send back if the message was not stored.
+    /// future yields its id, or the error to send back if it was not stored.
     pub fn say(
         &mut self,
         mut text: String,
@@ -334,19 +430,23 @@ impl Conn {
         let history = shared.history.clone();
         let stored = shared.metrics.messages_total.clone();
         let mut storing: Storing = Box::pin(async move {
-            let Err(err) = history.append(message).await else {
-                stored.inc();
-                return None;
-            };
-            let rejection = Rejection::new(
-                ErrorCode::Unavailable,
-                format!("{err}; the message was not delivered"),
-            );
-            Some(ServerFrame::error(rejection, cid))
+            match history.append(message).await {
+                Ok(stamp) => {
+                    stored.inc();
+                    Ok(stamp.id)
+                }
+                Err(err) => {
+                    let rejection = Rejection::new(
+                        ErrorCode::Unavailable,
+                        format!("{err}; the message was not delivered"),
+                    );
+                    Err(ServerFrame::error(rejection, cid))
+                }
+            }
         });
         match (&mut storing).now_or_never() {
-            Some(reply) => {
-                out.extend(reply);
+            Some(outcome) => {
+                self.on_stored(outcome, out);
                 None
             }
             None => Some(storing),
@@ -448,17 +548,7 @@ impl Conn {
                 text: format!("you are already in {name}"),
             });
         }
-        let max_rooms = shared.config.max_rooms;
-        if !same
-            && shared.presence.room_size(&name) == 0
-            && shared.presence.room_count() >= max_rooms
-        {
-            let rejection = Rejection::new(
-                ErrorCode::TooManyRooms,
-                format!(
-                    "cannot open room {name}: the server has its limit of {max_rooms} rooms in use"
-                ),
-            );
+        if !same && let Err(rejection) = room_for(&name, shared) {
             return out.push(ServerFrame::error(rejection, None));
         }
         let feed = shared.fanout.subscribe(&name).await;
@@ -508,6 +598,8 @@ impl Conn {
             shared.presence.set_room(self.id, name.clone());
             tell_left(shared, self.id, &self.nick, &self.room);
             self.room = name;
+            // Ids of another room: nothing of this one is acknowledged yet.
+            self.acks.restart();
         }
         out.extend(gap);
         self.replay_page(page, full_at, shared, out);
@@ -556,20 +648,39 @@ fn resume_secret() -> u128 {
     }
 }
 
-/// A room a connection may enter: its name checked, and, if nobody is in
-/// it, room for it under `--max-rooms`.
+/// A room a connection may enter: its name checked, and room for it
+/// under `--max-rooms`.
 fn open_room(room: &str, shared: &Shared) -> Result<String, Rejection> {
     let name = normalize_room(room)?;
-    let max_rooms = shared.config.max_rooms;
-    if shared.presence.room_size(&name) == 0 && shared.presence.room_count() >= max_rooms {
-        return Err(Rejection::new(
-            ErrorCode::TooManyRooms,
-            format!(
-                "cannot open room {name}: the server has its limit of {max_rooms} rooms in use"
-            ),
-        ));
-    }
+    room_for(&name, shared)?;
     Ok(name)
+}
+
+/// Whether room `name` may be entered under `--max-rooms`: it holds memory
+/// already (it has members, or history kept in memory), or the rooms that
+/// do are fewer than the cap.
+///
+/// # Errors
+/// `too_many_rooms` when it would be one room too many.
+fn room_for(name: &str, shared: &Shared) -> Result<(), Rejection> {
+    let presence = &shared.presence;
+    if presence.room_size(name) > 0 || shared.history.keeps(name) {
+        return Ok(());
+    }
+    let max_rooms = shared.config.max_rooms;
+    let mut in_use = presence.room_count();
+    if in_use < max_rooms {
+        in_use += shared
+            .history
+            .kept_unoccupied(&|room| presence.room_size(room) > 0);
+    }
+    if in_use < max_rooms {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        ErrorCode::TooManyRooms,
+        format!("cannot open room {name}: the server has its limit of {max_rooms} rooms in use"),
+    ))
 }
 
 /// Takes nick `wanted` for connection `id` as its handshake asked: from the

@@ -155,14 +155,14 @@ pub async fn open_backends(config: &ServerConfig, node: u64) -> Result<Backends>
         let backend = BackendMetrics::new("redis");
         let link =
             redis::RedisLink::connect(url, &config.redis_prefix, node, backend.clone()).await?;
-        let (fanout, inbox) = RedisFanout::start(link.clone(), config.max_lag);
+        let (fanout, inbox) = RedisFanout::start(link.clone(), config.room_bounds());
         let fanout: Arc<dyn Fanout> = fanout;
         let history = Arc::new(RedisHistory::new(link.clone(), config.history));
         let ttl = Duration::from_secs(config.presence_ttl);
         let presence = RedisPresence::start(link, fanout.clone(), inbox, ttl);
         return Ok((fanout, history, presence, Some(backend)));
     }
-    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.max_lag));
+    let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.room_bounds()));
     let presence = Arc::new(MemoryPresence::default());
     let Some(path) = &config.db else {
         let history = Arc::new(MemoryHistory::new(config.history, fanout.clone()));

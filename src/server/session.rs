@@ -27,7 +27,7 @@ use tracing::info;
 
 use super::Shared;
 use super::admission::Arriving;
-use super::commands::{Conn, FLOODING_AFTER, Replies, Storing};
+use super::commands::{Conn, FLOODING_AFTER, Replies, Stored, Storing};
 use super::fanout::{Delivery, FeedError};
 use super::frames::{FrameReader, Incoming, Violation};
 use super::handshake::{self, Hello};
@@ -48,6 +48,9 @@ const READ_CHUNK: usize = 8192;
 /// Messages one connection may have on their way into history at once;
 /// past that its socket is not read until one is stored.
 const MAX_STORING: usize = 32;
+/// How long a request waits for the acknowledgements of the messages sent
+/// before it to come through the room feed before they are read back.
+const ACK_WAIT: Duration = Duration::from_secs(2);
 /// Close codes the server sends.
 const GOING_AWAY: u16 = 1001;
 const NORMAL: u16 = 1000;
@@ -106,8 +109,8 @@ enum Wake {
     Shutdown,
     Socket(SocketEvent),
     Room(Result<Arc<Delivery>, FeedError>),
-    /// A message finished storing (with the error to send if it failed).
-    Stored(Option<ServerFrame>),
+    /// A message finished storing (or failed to).
+    Stored(Stored),
     Mail,
     Tick,
 }
@@ -165,8 +168,8 @@ fn poll_socket<S: Transport>(
 }
 
 /// Polls the oldest message still being stored; once it is done, takes it
-/// off the queue and gives its reply (the error, if it was not stored).
-fn poll_oldest(storing: &mut VecDeque<Storing>, cx: &mut Context<'_>) -> Poll<Option<ServerFrame>> {
+/// off the queue and gives its outcome.
+fn poll_oldest(storing: &mut VecDeque<Storing>, cx: &mut Context<'_>) -> Poll<Stored> {
     let Some(oldest) = storing.front_mut() else {
         return Poll::Pending;
     };
@@ -191,6 +194,8 @@ struct Session<S> {
     storing: VecDeque<Storing>,
     /// Events delivered, for `/metrics`.
     delivered: Tally,
+    /// Room events taken from the feed and not yet queued, reused.
+    batch: Vec<Arc<Delivery>>,
 }
 
 impl<S: Transport> Session<S> {
@@ -225,6 +230,7 @@ impl<S: Transport> Session<S> {
             last_heard: Instant::now(),
             replies,
             storing: VecDeque::new(),
+            batch: Vec::new(),
         };
         session.send_replies();
         session
@@ -282,8 +288,10 @@ impl<S: Transport> Session<S> {
                 Wake::Socket(SocketEvent::Incoming(item)) => {
                     self.last_heard = Instant::now();
                     if let Incoming::Close(code) = item {
-                        // Echo the peer's code, then hang up (the server
-                        // closes the TCP connection first, as RFC 6455 asks).
+                        // What the peer sent before is answered first; then
+                        // echo its code and hang up (the server closes the
+                        // TCP connection first, as RFC 6455 asks).
+                        self.settle_before_close().await;
                         self.wire.push_close(code.map(|(code, _)| code), "");
                         let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
                         return Ended::Clean;
@@ -301,7 +309,13 @@ impl<S: Transport> Session<S> {
                         ));
                     }
                 }
-                Wake::Socket(SocketEvent::Eof) => return Ended::Clean,
+                Wake::Socket(SocketEvent::Eof) => {
+                    // The peer may only have stopped writing: it still gets
+                    // the answers to what it sent.
+                    self.settle_before_close().await;
+                    let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
+                    return Ended::Clean;
+                }
                 Wake::Socket(SocketEvent::Violation(violation)) => {
                     let reason = violation.to_string();
                     self.wire.push_close(Some(violation.close_code()), &reason);
@@ -317,10 +331,10 @@ impl<S: Transport> Session<S> {
                     }
                 }
                 Wake::Room(Err(lag)) => return self.too_slow(lag, shutdown).await,
-                Wake::Stored(reply) => {
-                    self.replies.extend(reply);
+                Wake::Stored(stored) => {
+                    self.conn.on_stored(stored, &mut self.replies);
                     self.send_replies();
-                    // The acknowledgement is in the room feed by now.
+                    // The acknowledgement may be in the room feed by now.
                     if let Err(lag) = self.drain_room() {
                         return self.too_slow(lag, shutdown).await;
                     }
@@ -384,13 +398,13 @@ impl<S: Transport> Session<S> {
         if self.conn.replay.is_some() {
             return Ok(());
         }
-        for _ in 0..DRAIN_BATCH {
-            match self.conn.feed.try_next()? {
-                Some(delivery) => self.deliver(&delivery),
-                None => break,
-            }
+        let mut batch = std::mem::take(&mut self.batch);
+        let taken = self.conn.feed.take_waiting(DRAIN_BATCH, &mut batch);
+        for delivery in batch.drain(..) {
+            self.deliver(&delivery);
         }
-        Ok(())
+        self.batch = batch;
+        taken
     }
 
     /// Closes a connection that fell too far behind (1013), and says so.
@@ -398,10 +412,7 @@ impl<S: Transport> Session<S> {
     /// The peer leaves its room at once; the close frame queues behind what
     /// the peer has not read yet, so it gets a longer grace to arrive.
     async fn too_slow(&mut self, lag: FeedError, shutdown: &CancellationToken) -> Ended {
-        let skipped = match lag {
-            FeedError::Lagged(skipped) => skipped,
-            FeedError::Closed => return Ended::Because("room closed".into()),
-        };
+        let FeedError::Lagged(skipped) = lag;
         let behind = self.wire.queued() as u64 + skipped;
         self.shared.metrics.slow_closes_total.inc();
         self.conn.leave();
@@ -454,10 +465,18 @@ impl<S: Transport> Session<S> {
 
     /// Queues one room event, using the shared pre-rendered bytes where it can.
     fn deliver(&mut self, delivery: &Delivery) {
-        if delivery.origin == self.conn.id && delivery.id().is_some() {
+        if let ServerFrame::Gap { after: None, .. } = delivery.frame {
+            // The room's history started again, and so do its ids.
+            self.conn.acks.restart();
+        }
+        if delivery.origin == self.conn.id
+            && let Some(id) = delivery.id()
+        {
             match self.conn.mode {
                 // Plain mode never echoes a message to its sender.
                 Mode::Plain => return,
+                // Acknowledged already, read back from history.
+                Mode::Json if !self.conn.acks.arrived(id) => return,
                 Mode::Json => {
                     if let Some(ack) = delivery.acknowledgement() {
                         self.delivered.add();
@@ -477,12 +496,37 @@ impl<S: Transport> Session<S> {
 
     /// Waits until this connection's messages are stored (or refused) and
     /// their acknowledgements (or errors) are queued.
+    ///
+    /// An acknowledgement comes through the room feed, in its place among
+    /// the room's messages; one that has not come within [`ACK_WAIT`] (a
+    /// shared backend's delivery stalled) is read back from history.
     async fn settle(&mut self) -> Result<(), FeedError> {
         while !self.storing.is_empty() {
-            let reply = poll_fn(|cx| poll_oldest(&mut self.storing, cx)).await;
-            self.replies.extend(reply);
+            let stored = poll_fn(|cx| poll_oldest(&mut self.storing, cx)).await;
+            self.conn.on_stored(stored, &mut self.replies);
         }
-        self.drain_room()
+        self.drain_room()?;
+        let deadline = Instant::now() + ACK_WAIT;
+        while self.conn.acks.pending() {
+            match tokio::time::timeout_at(deadline, self.conn.feed.next()).await {
+                Ok(event) => {
+                    let event = event?;
+                    self.deliver(&event);
+                    self.drain_room()?;
+                }
+                Err(_) => {
+                    Box::pin(self.conn.recover_acks(&self.shared, &mut self.replies)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles (bounded) and queues the answers, before the connection
+    /// closes: an acknowledged message is never left unacknowledged.
+    async fn settle_before_close(&mut self) {
+        let _ = timeout(ACK_WAIT + CLOSE_GRACE, self.settle()).await;
+        self.send_replies();
     }
 
     /// Handles one message or control frame from the peer (not close).

@@ -1,4 +1,4 @@
-//! The in-process fan-out: one `tokio::sync::broadcast` channel per room.
+//! The in-process fan-out: one [`Channel`] per room.
 //!
 //! A room's channel exists only while someone follows it: each feed holds
 //! the sending side, the map only a weak reference, so the last feed to go
@@ -6,29 +6,19 @@
 //! dead reference) is swept out as new rooms are opened.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::broadcast;
-
-use super::{Delivery, Fanout, RoomFeed};
+use super::channel::Channel;
+use super::{Bounds, Delivery, Fanout, RoomFeed};
 use crate::server::history::BoxFuture;
 use crate::server::lock;
-
-/// A room's channel, shared by the feeds that follow it.
-#[derive(Debug)]
-pub(super) struct Channel {
-    tx: broadcast::Sender<Arc<Delivery>>,
-    /// The id of the last message published (0: none yet).
-    last: AtomicU64,
-}
 
 /// Rooms' channels, created on first use and gone with their last follower.
 #[derive(Debug)]
 pub struct MemoryFanout {
     rooms: Mutex<Rooms>,
-    /// Events a subscriber may fall behind before it counts as lagging.
-    capacity: usize,
+    /// What a room may hold for its slowest subscriber before it lags.
+    bounds: Bounds,
 }
 
 #[derive(Debug, Default)]
@@ -42,11 +32,11 @@ struct Rooms {
 const SWEEP_MIN: usize = 64;
 
 impl MemoryFanout {
-    /// A fan-out whose subscribers may fall `capacity` events behind.
-    pub fn new(capacity: usize) -> Self {
+    /// A fan-out whose subscribers may fall `bounds` behind.
+    pub fn new(bounds: Bounds) -> Self {
         Self {
             rooms: Mutex::new(Rooms::default()),
-            capacity: capacity.max(1),
+            bounds,
         }
     }
 
@@ -65,21 +55,16 @@ impl Fanout for MemoryFanout {
     fn publish(&self, room: &str, event: Arc<Delivery>) {
         let channel = lock(&self.rooms).channels.get(room).and_then(Weak::upgrade);
         if let Some(channel) = channel {
-            if let Some(id) = event.id() {
-                channel.last.fetch_max(id, Ordering::Relaxed);
-            }
-            // An error only means nobody is subscribed right now.
-            let _ = channel.tx.send(event);
+            channel.publish(event);
         }
     }
 
     fn last_id(&self, room: &str) -> Option<u64> {
-        let channel = lock(&self.rooms)
+        lock(&self.rooms)
             .channels
             .get(room)
-            .and_then(Weak::upgrade)?;
-        let last = channel.last.load(Ordering::Relaxed);
-        (last > 0).then_some(last)
+            .and_then(Weak::upgrade)?
+            .last_id()
     }
 
     fn subscribe(&self, room: &str) -> BoxFuture<'_, RoomFeed> {
@@ -100,20 +85,15 @@ impl MemoryFanout {
     pub fn follow(&self, room: &str) -> RoomFeed {
         let mut rooms = lock(&self.rooms);
         if let Some(channel) = rooms.channels.get(room).and_then(Weak::upgrade) {
-            let rx = channel.tx.subscribe();
-            return RoomFeed::new(rx, channel);
+            return channel.follow();
         }
         if rooms.channels.len() >= rooms.sweep_at {
             rooms.channels.retain(|_, weak| weak.strong_count() > 0);
             rooms.sweep_at = (rooms.channels.len() * 2).max(SWEEP_MIN);
         }
-        let (tx, rx) = broadcast::channel(self.capacity);
-        let channel = Arc::new(Channel {
-            tx,
-            last: AtomicU64::new(0),
-        });
+        let channel = Channel::new(self.bounds);
         rooms.channels.insert(room.into(), Arc::downgrade(&channel));
-        RoomFeed::new(rx, channel)
+        channel.follow()
     }
 }
 
@@ -123,7 +103,10 @@ mod tests {
 
     #[test]
     fn a_room_is_freed_with_its_last_follower() {
-        let fanout = MemoryFanout::new(16);
+        let fanout = MemoryFanout::new(Bounds {
+            frames: 16,
+            bytes: 1 << 20,
+        });
         let a = fanout.follow("one");
         let b = fanout.follow("one");
         let c = fanout.follow("two");

@@ -6,6 +6,7 @@
 //! reports falling behind as [`FeedError::Lagged`] and never shows which
 //! channel carries the events.
 
+mod channel;
 mod memory;
 mod redis;
 
@@ -13,8 +14,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
+pub use channel::{Bounds, FeedError, RoomFeed};
 pub use memory::MemoryFanout;
 pub use redis::RedisFanout;
 pub(crate) use redis::parse_entry;
@@ -26,7 +27,8 @@ use crate::protocol::{Mode, ServerFrame};
 
 /// Publishing to and subscribing to rooms.
 ///
-/// In memory this is one `tokio::sync::broadcast` channel per room; a shared
+/// In memory this is one channel per room (a ring bounded in frames and
+/// bytes, read by every member's feed); a shared
 /// backend feeds the same local channels from its own subscription, so what
 /// a connection does per event is the same in every mode.
 pub trait Fanout: Send + Sync + fmt::Debug {
@@ -90,80 +92,17 @@ impl Delivery {
         Some(frame)
     }
 
+    /// The bytes of both encodings, which is what a room's channel holds
+    /// for the event while some feed has still to read it.
+    pub fn encoded_len(&self) -> usize {
+        self.plain.len() + self.json.len()
+    }
+
     /// The id of a stored chat message, `None` for notices.
     pub fn id(&self) -> Option<u64> {
         match self.frame {
             ServerFrame::Message { id, .. } => Some(id),
             _ => None,
-        }
-    }
-}
-
-/// Why a [`RoomFeed`] has no next event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeedError {
-    /// The subscriber fell this many events behind; they are gone.
-    Lagged(u64),
-    /// The room's channel is gone.
-    Closed,
-}
-
-/// A live subscription to one room: its events in publishing order.
-#[derive(Debug)]
-pub struct RoomFeed {
-    rx: broadcast::Receiver<Arc<Delivery>>,
-    /// Keeps the room's channel open while this feed follows it.
-    _channel: Arc<memory::Channel>,
-    /// Messages with ids up to this one were already shown from history.
-    seen_through: u64,
-}
-
-impl RoomFeed {
-    fn new(rx: broadcast::Receiver<Arc<Delivery>>, channel: Arc<memory::Channel>) -> Self {
-        Self {
-            rx,
-            _channel: channel,
-            seen_through: 0,
-        }
-    }
-
-    /// Skips messages with ids up to `id` from now on: they were replayed
-    /// from history after this feed was opened. This is what makes the seam
-    /// between history and live events exact in every backend.
-    pub fn seen_through(&mut self, id: u64) {
-        self.seen_through = self.seen_through.max(id);
-    }
-
-    fn fresh(&mut self, event: &Delivery) -> bool {
-        if let ServerFrame::Gap { after: None, .. } = event.frame {
-            // The room's history started again: so do its ids.
-            self.seen_through = 0;
-        }
-        event.id().is_none_or(|id| id > self.seen_through)
-    }
-
-    /// Waits for the next event.
-    pub async fn next(&mut self) -> Result<Arc<Delivery>, FeedError> {
-        loop {
-            match self.rx.recv().await {
-                Ok(event) if self.fresh(&event) => return Ok(event),
-                Ok(_) => {}
-                Err(RecvError::Lagged(n)) => return Err(FeedError::Lagged(n)),
-                Err(RecvError::Closed) => return Err(FeedError::Closed),
-            }
-        }
-    }
-
-    /// The next event if one is already waiting.
-    pub fn try_next(&mut self) -> Result<Option<Arc<Delivery>>, FeedError> {
-        loop {
-            match self.rx.try_recv() {
-                Ok(event) if self.fresh(&event) => return Ok(Some(event)),
-                Ok(_) => {}
-                Err(TryRecvError::Empty) => return Ok(None),
-                Err(TryRecvError::Lagged(n)) => return Err(FeedError::Lagged(n)),
-                Err(TryRecvError::Closed) => return Err(FeedError::Closed),
-            }
         }
     }
 }

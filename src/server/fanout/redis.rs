@@ -24,7 +24,7 @@ use redis::streams::StreamRangeReply;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::{Delivery, Fanout, MemoryFanout, RoomFeed};
+use super::{Bounds, Delivery, Fanout, MemoryFanout, RoomFeed};
 use crate::protocol::ServerFrame;
 use crate::server::history::BoxFuture;
 use crate::server::lock;
@@ -58,8 +58,8 @@ pub struct RedisFanout {
 impl RedisFanout {
     /// Starts the node's pub/sub task; `inbox` receives what other nodes
     /// send to this one (private messages, take-overs).
-    pub fn start(link: Arc<RedisLink>, capacity: usize) -> (Arc<Self>, mpsc::Receiver<Vec<u8>>) {
-        let local = Arc::new(MemoryFanout::new(capacity));
+    pub fn start(link: Arc<RedisLink>, bounds: Bounds) -> (Arc<Self>, mpsc::Receiver<Vec<u8>>) {
+        let local = Arc::new(MemoryFanout::new(bounds));
         let followed = Arc::new(Mutex::new(HashSet::new()));
         let (requests, incoming) = mpsc::channel(1024);
         let (inbox, inbox_rx) = mpsc::channel(INBOX_CAPACITY);

@@ -127,6 +127,22 @@ impl History for MemoryHistory {
         None
     }
 
+    fn keeps(&self, room: &str) -> bool {
+        lock(&self.rooms)
+            .get(room)
+            .is_some_and(|log| !log.kept.is_empty())
+    }
+
+    fn kept_unoccupied(&self, occupied: &dyn Fn(&str) -> bool) -> usize {
+        // Presence is asked without this lock held, as in `forget_idle`.
+        let kept: Vec<Arc<str>> = lock(&self.rooms)
+            .iter()
+            .filter(|(_, log)| !log.kept.is_empty())
+            .map(|(room, _)| room.clone())
+            .collect();
+        kept.iter().filter(|room| !occupied(room)).count()
+    }
+
     fn forget_idle(&self, idle: Duration, occupied: &dyn Fn(&str) -> bool) {
         // Presence is asked without this lock held: appends wait for neither.
         let idle_rooms: Vec<Arc<str>> = lock(&self.rooms)
@@ -165,7 +181,13 @@ mod tests {
 
     #[tokio::test]
     async fn idle_empty_rooms_are_forgotten_but_their_ids_go_on() {
-        let history = MemoryHistory::new(10, Arc::new(MemoryFanout::new(16)));
+        let history = MemoryHistory::new(
+            10,
+            Arc::new(MemoryFanout::new(crate::server::fanout::Bounds {
+                frames: 16,
+                bytes: 1 << 20,
+            })),
+        );
         for room in ["quiet", "busy"] {
             history.append(message(room, "one")).await.expect("stored");
         }

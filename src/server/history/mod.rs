@@ -59,6 +59,20 @@ pub trait History: Send + Sync + fmt::Debug {
     fn forget_idle(&self, idle: std::time::Duration, occupied: &dyn Fn(&str) -> bool) {
         let _ = (idle, occupied);
     }
+
+    /// Whether `room`'s messages are kept in this process's memory, so the
+    /// room costs memory even with nobody in it (for `--max-rooms`).
+    fn keeps(&self, room: &str) -> bool {
+        let _ = room;
+        false
+    }
+
+    /// How many rooms whose messages are kept in memory `occupied` says
+    /// have no members. Stores that keep nothing in memory have none.
+    fn kept_unoccupied(&self, occupied: &dyn Fn(&str) -> bool) -> usize {
+        let _ = occupied;
+        0
+    }
 }
 
 /// A chat message on its way into history.
