@@ -507,7 +507,9 @@ impl<S: Transport> Session<S> {
         }
         self.drain_room()?;
         let deadline = Instant::now() + ACK_WAIT;
-        while self.conn.acks.pending() {
+        // (No replay is ever under way here: a request is read only once
+        // its connection's replay is out, and live events come after it.)
+        while self.conn.acks.pending() && self.conn.replay.is_none() {
             match tokio::time::timeout_at(deadline, self.conn.feed.next()).await {
                 Ok(event) => {
                     let event = event?;
