@@ -283,28 +283,9 @@ async fn a_stderr_nobody_reads_never_stalls_the_chat() {
 /// log lines only knew of lines dropped from a full queue.
 #[tokio::test]
 async fn log_lines_lost_to_a_closed_stderr_are_counted() {
-    use tokio::io::AsyncBufReadExt;
-    let mut server = tokio::process::Command::new(SERVER)
-        .args(["--port", "0"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let stderr = server.stderr.take().expect("stderr");
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    let url = within("the listening line", async {
-        loop {
-            let line = lines.next_line().await.expect("read").expect("a line");
-            if let Some((_, url)) = line.split_once("listening on ") {
-                return url.trim().to_owned();
-            }
-        }
-    })
-    .await;
+    let (mut server, url, stderr) = server_with_own_stderr(&[]).await;
     // Nobody reads the server's stderr any more.
-    drop(lines);
+    drop(stderr);
     for _ in 0..5 {
         Peer::plain(&url).await.close().await;
     }

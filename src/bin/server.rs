@@ -37,7 +37,9 @@ fn main() -> ExitCode {
     });
     let dropped = wschat::logging::dropped_lines();
     if dropped > 0 {
-        tracing::warn!("{dropped} log line(s) were dropped: stderr could not keep up");
+        tracing::warn!(
+            "{dropped} log line(s) were dropped: stderr could not keep up or could not be written"
+        );
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -151,7 +151,7 @@ impl Metrics {
             Box::new(gauge("wschat_rooms", "Rooms with members", now.rooms)),
             Box::new(total(
                 "wschat_log_lines_dropped_total",
-                "Log lines lost because the log could not keep up",
+                "Log lines lost: the log could not keep up, or writing them failed",
                 now.log_lines_dropped,
             )),
             Box::new(total(
