@@ -339,7 +339,8 @@ impl Report {
 /// every so often a probe while writes fail (so the store is seen to work
 /// again), and pruning while some room is past `--retain`.
 async fn keep_time(jobs: mpsc::WeakSender<Job>, health: Arc<Health>, prune_due: Arc<AtomicBool>) {
-    let mut ticks = tokio::time::interval(PROBE_EVERY.min(PRUNE_EVERY));
+    let every = PROBE_EVERY.min(PRUNE_EVERY);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         ticks.tick().await;
         let Some(jobs) = jobs.upgrade() else { return };
