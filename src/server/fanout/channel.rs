@@ -192,12 +192,16 @@ impl RoomFeed {
 
     /// Waits for the next event.
     pub async fn next(&mut self) -> Result<Arc<Delivery>, FeedError> {
-        let channel = self.channel.clone();
+        let Self {
+            channel,
+            next,
+            seen_through,
+        } = self;
         loop {
             // Registered before looking, so a publish in between wakes it.
             let mut published = pin!(channel.published.notified());
             published.as_mut().enable();
-            if let Some(event) = self.try_next()? {
+            if let Some(event) = take_one(channel, next, seen_through)? {
                 return Ok(event);
             }
             published.await;
@@ -206,9 +210,7 @@ impl RoomFeed {
 
     /// The next event if one is already waiting.
     pub fn try_next(&mut self) -> Result<Option<Arc<Delivery>>, FeedError> {
-        let mut batch = Vec::with_capacity(1);
-        self.take_waiting(1, &mut batch)?;
-        Ok(batch.pop())
+        take_one(&self.channel, &mut self.next, &mut self.seen_through)
     }
 
     /// Moves up to `max` of the events already waiting into `batch`, with
@@ -223,25 +225,58 @@ impl RoomFeed {
         max: usize,
         batch: &mut Vec<Arc<Delivery>>,
     ) -> Result<(), FeedError> {
-        let mut ring = lock(&self.channel.ring);
-        if self.next < ring.head {
-            let missed = ring.head - self.next;
-            self.next = ring.head;
-            return Err(FeedError::Lagged(missed));
-        }
-        let start = (self.next - ring.head) as usize;
-        let end = ring.slots.len().min(start.saturating_add(max));
-        for index in start..end {
-            let slot = &mut ring.slots[index];
-            slot.unread -= 1;
-            if fresh(&mut self.seen_through, &slot.event) {
-                batch.push(slot.event.clone());
-            }
-        }
-        self.next += (end - start) as u64;
-        ring.release_read();
-        Ok(())
+        let Self {
+            channel,
+            next,
+            seen_through,
+        } = self;
+        take(channel, next, seen_through, max, &mut |event| {
+            batch.push(event)
+        })
+        .map(drop)
     }
+}
+
+/// The next waiting event of `channel` that the feed shows, passing over
+/// those it skips (already shown from history).
+fn take_one(
+    channel: &Channel,
+    next: &mut u64,
+    seen_through: &mut u64,
+) -> Result<Option<Arc<Delivery>>, FeedError> {
+    let mut event = None;
+    while event.is_none() && take(channel, next, seen_through, 1, &mut |e| event = Some(e))? > 0 {}
+    Ok(event)
+}
+
+/// Hands up to `max` waiting events of `channel` to `sink`, from number
+/// `next` on, and moves `next` past them (see [`RoomFeed::take_waiting`]);
+/// returns how many it moved past, shown or skipped.
+fn take(
+    channel: &Channel,
+    next: &mut u64,
+    seen_through: &mut u64,
+    max: usize,
+    sink: &mut dyn FnMut(Arc<Delivery>),
+) -> Result<usize, FeedError> {
+    let mut ring = lock(&channel.ring);
+    if *next < ring.head {
+        let missed = ring.head - *next;
+        *next = ring.head;
+        return Err(FeedError::Lagged(missed));
+    }
+    let start = (*next - ring.head) as usize;
+    let end = ring.slots.len().min(start.saturating_add(max));
+    for index in start..end {
+        let slot = &mut ring.slots[index];
+        slot.unread -= 1;
+        if fresh(seen_through, &slot.event) {
+            sink(slot.event.clone());
+        }
+    }
+    *next += (end - start) as u64;
+    ring.release_read();
+    Ok(end - start)
 }
 
 /// Whether a feed that has shown ids up to `seen_through` from history
@@ -343,6 +378,35 @@ mod tests {
         assert_eq!(channel.held(), (0, 0));
         let mut late = channel.follow();
         assert!(matches!(late.try_next(), Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn a_feed_passes_over_what_history_showed_without_waiting() {
+        let channel = Channel::new(unbounded());
+        let mut feed = channel.follow();
+        feed.seen_through(2);
+        for id in 1..=3 {
+            let frame = ServerFrame::Message {
+                id,
+                room: "lobby".into(),
+                from: "ann".into(),
+                text: "hi".into(),
+                ts: 0,
+                cid: None,
+                history: false,
+            };
+            channel.publish(Arc::new(Delivery::new(
+                ConnId { node: 1, seq: 1 },
+                frame,
+                None,
+            )));
+        }
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
+            .await
+            .expect("already waiting")
+            .expect("not lagged");
+        assert_eq!(event.id(), Some(3));
+        assert_eq!(channel.held(), (0, 0));
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Fan-out across nodes through Redis pub/sub.
 //!
 //! Each node follows a room's channel once, however many of its connections
-//! are in the room, and feeds what arrives into the same per-room broadcast
+//! are in the room, and feeds what arrives into the same per-room
 //! channels as memory mode ([`MemoryFanout`]): no Redis work per recipient.
 //! Every event, this node's own included, comes back through pub/sub, so
 //! every node delivers a room's messages in the order Redis gave them ids.
