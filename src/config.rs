@@ -176,12 +176,19 @@ pub struct ServerArgs {
     #[arg(long = "allowed-origin", value_name = "ORIGIN", value_parser = origin)]
     pub allowed_origins: Vec<String>,
 
-    /// A name this server may be reached by besides the loopback ones
-    /// (repeatable), e.g. `chat.example.org` or `chat.example.org:8080`.
-    /// Checked only when listening on a loopback address, where it keeps
-    /// web pages out that had their own name resolve to 127.0.0.1.
+    /// A name this server may be reached by besides the loopback ones, its
+    /// addresses and its --host (repeatable), e.g. `chat.example.org` or
+    /// `chat.example.org:8080`. Checked on every listener without --token,
+    /// where it keeps out web pages that had their own name resolve to the
+    /// server's address (DNS rebinding).
     #[arg(long = "allowed-host", value_name = "HOST")]
     pub allowed_hosts: Vec<String>,
+
+    /// Show a connection without a nick as its IP:PORT to everyone even when
+    /// listening off loopback (where it is otherwise a guest name such as
+    /// guest-4821).
+    #[arg(long)]
+    pub show_addresses: bool,
 
     /// Keep history in this SQLite file (created if missing), so it survives
     /// restarts. Without it, history is kept in memory.
@@ -306,6 +313,8 @@ impl ServerArgs {
             tls_key: self.tls_key.clone(),
             allowed_origins: self.allowed_origins.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
+            listen_host: Some(self.host.clone()),
+            show_addresses: self.show_addresses,
             db: self.db.clone(),
             retain: self.retain,
             db_sync: self.db_sync,
@@ -367,8 +376,14 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Browser origins allowed besides the server's own.
     pub allowed_origins: Vec<String>,
-    /// Host names allowed besides the loopback ones on a loopback listener.
+    /// Host names allowed besides the loopback ones and the server's own
+    /// (checked without a token).
     pub allowed_hosts: Vec<String>,
+    /// The name or address the server was asked to listen on (`--host`),
+    /// a name its clients may use in `Host`.
+    pub listen_host: Option<String>,
+    /// Name connections without a nick by their address off loopback too.
+    pub show_addresses: bool,
     /// The SQLite history file; `None` keeps history in memory.
     pub db: Option<PathBuf>,
     /// Messages kept per room in the SQLite history.
@@ -409,6 +424,8 @@ impl Default for ServerConfig {
             tls_key: None,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            listen_host: None,
+            show_addresses: false,
             db: None,
             retain: defaults::RETAIN,
             db_sync: DbSync::Normal,

@@ -388,8 +388,23 @@ impl ServerFrame {
     }
 }
 
-/// Checks a nick: 1-24 of `A-Z a-z 0-9 _ -`.
+/// How the names the server gives connections without a nick begin (off
+/// loopback); no one may choose a nick that begins so.
+pub const GUEST_PREFIX: &str = "guest-";
+
+/// Checks a nick: 1-24 of `A-Z a-z 0-9 _ -`, not beginning with `guest-`.
 pub fn validate_nick(nick: &str) -> Result<(), Rejection> {
+    if nick
+        .get(..GUEST_PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(GUEST_PREFIX))
+    {
+        return Err(Rejection::new(
+            ErrorCode::BadNick,
+            format!(
+                "invalid nickname {nick:?}: names beginning with {GUEST_PREFIX} are given by the server"
+            ),
+        ));
+    }
     let ok = !nick.is_empty()
         && nick.len() <= MAX_NICK_LEN
         && nick
@@ -540,11 +555,24 @@ fn first_control(text: &str) -> Option<char> {
         .find(|&c| c != '\t' && c.is_control())
 }
 
+/// Format characters that can reorder or hide text on a terminal: bidi
+/// embeddings, overrides and isolates, the zero-width space, the word
+/// joiner, the line and paragraph separators, and the BOM. (ZWJ, ZWNJ and
+/// tag characters are left alone: emoji and scripts are made of them.)
+fn is_deceptive(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x200B | 0x2028 | 0x2029 | 0x202A..=0x202E | 0x2060 | 0x2066..=0x2069 | 0xFEFF
+    )
+}
+
 /// `text` with every control character but TAB made visible: C0 and DEL in
-/// caret notation (`^[` for ESC, `^J` for a newline, `^?` for DEL), C1 as
-/// `<U+009B>`. What a terminal shows is then exactly what was sent.
+/// caret notation (`^[` for ESC, `^J` for a newline, `^?` for DEL), C1 and
+/// the format characters that reorder or hide text as `<U+202E>`. What a
+/// terminal shows is then exactly what was sent, in the order it was sent.
 pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
-    if first_control(text).is_none() {
+    let suspect = |c: char| (c != '\t' && c.is_control()) || is_deceptive(c);
+    if !text.chars().any(suspect) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -557,6 +585,7 @@ pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
             }
             0x7f => out.push_str("^?"),
             code @ 0x80..=0x9f => out.push_str(&format!("<U+{code:04X}>")),
+            code if is_deceptive(c) => out.push_str(&format!("<U+{code:04X}>")),
             _ => out.push(c),
         }
     }
@@ -643,6 +672,32 @@ mod tests {
     }
 
     #[test]
+    fn format_characters_that_reorder_or_hide_text_are_shown() {
+        for (text, shown) in [
+            ("pay \u{202E}moc.evil", "pay <U+202E>moc.evil"),
+            (
+                "\u{202A}\u{202B}\u{202C}\u{202D}",
+                "<U+202A><U+202B><U+202C><U+202D>",
+            ),
+            (
+                "a\u{2066}b\u{2067}c\u{2068}d\u{2069}",
+                "a<U+2066>b<U+2067>c<U+2068>d<U+2069>",
+            ),
+            ("zero\u{200B}width", "zero<U+200B>width"),
+            ("word\u{2060}joiner", "word<U+2060>joiner"),
+            ("line\u{2028}para\u{2029}", "line<U+2028>para<U+2029>"),
+            ("\u{FEFF}bom", "<U+FEFF>bom"),
+            // Emoji sequences and scripts need ZWJ, ZWNJ and tags as they are.
+            (
+                "\u{1F469}\u{200D}\u{1F4BB} \u{0645}\u{200C}\u{0649} \u{1F3F4}\u{E0067}\u{E007F}",
+                "\u{1F469}\u{200D}\u{1F4BB} \u{0645}\u{200C}\u{0649} \u{1F3F4}\u{E0067}\u{E007F}",
+            ),
+        ] {
+            assert_eq!(visible(text), shown, "{text:?}");
+        }
+    }
+
+    #[test]
     fn plain_text_is_a_message() {
         assert_eq!(
             parse_plain("hello world"),
@@ -711,6 +766,12 @@ mod tests {
         assert_eq!(normalize_room("Rust-2").as_deref(), Ok("rust-2"));
         assert!(normalize_room("no spaces").is_err());
         assert!(normalize_room(&"r".repeat(33)).is_err());
+        // Names the server gives guests cannot be chosen.
+        for taken in ["guest-4821", "Guest-1", "GUEST-x"] {
+            assert!(validate_nick(taken).is_err(), "{taken}");
+        }
+        assert!(validate_nick("guest").is_ok());
+        assert!(validate_nick("guest_1").is_ok());
     }
 
     #[test]

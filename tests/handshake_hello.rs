@@ -69,7 +69,47 @@ async fn what_the_handshake_asks_for_is_checked_like_the_commands() {
     let (_, room, _) = welcome(&mut crowded).await;
     assert_eq!(room, "lobby");
     assert_eq!(next_error(&mut crowded).await, ErrorCode::TooManyRooms);
+    // A value that does not decode is refused, not ignored.
+    let mut undecodable = Peer::json(&format!("{url}/?nick=%zz")).await;
+    welcome(&mut undecodable).await;
+    match undecodable.frame().await {
+        ServerFrame::Error { code, text, .. } => {
+            assert_eq!(code, ErrorCode::BadNick);
+            assert!(text.contains(r#""%zz""#), "{text}");
+        }
+        other => panic!("expected bad_nick, got {other:?}"),
+    }
+    let mut undecodable = Peer::json(&format!("{url}/?room=lob%by")).await;
+    welcome(&mut undecodable).await;
+    assert_eq!(next_error(&mut undecodable).await, ErrorCode::BadRoom);
     drop(holder);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_head_with_bare_line_feeds_or_a_bad_key_is_answered_at_once() {
+    // Were either left to the handshake timeout, the test would time out.
+    let server = TestServer::with(|c| c.handshake_timeout = 3600).await;
+    let addr = server.addr;
+    let bare = format!(
+        "GET / HTTP/1.1\nHost: {addr}\nUpgrade: websocket\nConnection: Upgrade\n\
+         Sec-WebSocket-Version: 13\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n"
+    );
+    assert_eq!(common::http_request(addr, &bare).await, 400);
+    let (status, _) = common::RawPeer::upgrade(addr, "/", &[]).await;
+    assert_eq!(status, 101);
+    let bad_key = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: x\r\n\r\n"
+    );
+    assert_eq!(common::http_request(addr, &bad_key).await, 400);
+    for host in ["[::1]evil", "127.0.0.1:80@evil"] {
+        let lookalike = format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        assert_eq!(common::http_request(addr, &lookalike).await, 400, "{host}");
+    }
     server.stop().await;
 }
 

@@ -90,6 +90,9 @@ async fn the_client_shows_control_characters_instead_of_obeying_them() {
         r#"{"type":"welcome","text":"Welcome to chat! Type a message","nick":"me","room":"lobby","epoch":1}"#.to_owned(),
         r#"{"type":"message","id":1,"room":"lobby","from":"bob","text":"hi\nalice: forged \u001b[2Jclear","ts":0}"#.to_owned(),
         r#"{"type":"error","code":"internal","text":"bad\u009b31m"}"#.to_owned(),
+        // Bidi overrides and isolates, zero-width space and word joiner,
+        // line and paragraph separators, a BOM; and an emoji made with ZWJ.
+        r#"{"type":"message","id":2,"room":"lobby","from":"eve","text":"pay \u202Egpj.exe\u202C \u2066x\u2069 a\u200Bb\u2060c d\u2028e\u2029 \uFEFF \u202A\u202B\u202D\u2067\u2068 \ud83d\udc69\u200d\ud83d\udcbb","ts":0}"#.to_owned(),
     ];
     let server = tokio::spawn(older_server(listener, frames));
     let mut client = Proc::spawn(env!("CARGO_BIN_EXE_client"), &[&url, "--no-reconnect"], &[]);
@@ -99,7 +102,7 @@ async fn the_client_shows_control_characters_instead_of_obeying_them() {
     );
     let mut lines = Vec::new();
     within("the client's lines", async {
-        while lines.len() < 2 {
+        while lines.len() < 3 {
             let line = client.out_line().await.expect("stdout open");
             if !line.starts_with("* ") {
                 lines.push(line);
@@ -112,9 +115,44 @@ async fn the_client_shows_control_characters_instead_of_obeying_them() {
     lines.sort();
     assert_eq!(
         lines,
-        ["! bad<U+009B>31m", "bob: hi^Jalice: forged ^[[2Jclear"]
+        [
+            "! bad<U+009B>31m",
+            "bob: hi^Jalice: forged ^[[2Jclear",
+            "eve: pay <U+202E>gpj.exe<U+202C> <U+2066>x<U+2069> a<U+200B>b<U+2060>c \
+             d<U+2028>e<U+2029> <U+FEFF> <U+202A><U+202B><U+202D><U+2067><U+2068> \
+             \u{1F469}\u{200D}\u{1F4BB}",
+        ]
     );
     client.close_stdin();
     assert_eq!(client.exit_code().await, 0);
     server.abort();
+}
+
+#[tokio::test]
+async fn names_cannot_carry_characters_that_reorder_or_hide_text() {
+    let server = TestServer::with(|c| c.rate = 0).await;
+    let [mut a, mut b] = plain_peers(&server.url()).await;
+    for sneaky in [
+        "ali\u{202E}ecila",
+        "bob\u{2066}",
+        "zero\u{200B}width",
+        "word\u{2060}joiner",
+        "line\u{2028}sep",
+        "\u{FEFF}bom",
+        "tag\u{E0041}",
+        "zwj\u{200D}",
+    ] {
+        a.send(&format!("/nick {sneaky}")).await;
+        a.expect(&format!(
+            "! invalid nickname {sneaky:?}: use 1-24 of A-Z a-z 0-9 _ -"
+        ))
+        .await;
+        a.send(&format!("/join {sneaky}")).await;
+        let refused = a.text().await;
+        assert!(refused.starts_with("! invalid room name"), "{refused:?}");
+    }
+    // Nothing of it reached b: the next thing it sees is this.
+    a.send("done").await;
+    b.expect(&format!("{}: done", a.name())).await;
+    server.stop().await;
 }

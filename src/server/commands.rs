@@ -22,8 +22,8 @@ use super::presence::{Mailbox, Member, PrivateMessage};
 use super::{ConnId, Shared};
 use crate::limit::TokenBucket;
 use crate::protocol::{
-    DEFAULT_ROOM, ErrorCode, HELP, Mode, Rejection, Request, RoomInfo, ServerFrame, cap_list,
-    clean_text, normalize_room, now_ms, validate_nick,
+    DEFAULT_ROOM, ErrorCode, GUEST_PREFIX, HELP, Mode, Rejection, Request, RoomInfo, ServerFrame,
+    cap_list, clean_text, normalize_room, now_ms, validate_nick,
 };
 
 /// Answers for the connection that sent a command, in order.
@@ -192,7 +192,11 @@ impl Conn {
             None => DEFAULT_ROOM.into(),
         };
         let secret = resume_secret();
-        let mut nick: Arc<str> = peer.to_string().into();
+        let mut nick: Arc<str> = if shared.guest_names {
+            guest_name().into()
+        } else {
+            peer.to_string().into()
+        };
         shared.presence.register(
             id,
             Member {
@@ -636,6 +640,13 @@ impl Conn {
             Err(rejection) => out.push(ServerFrame::error(rejection, cid)),
         }
     }
+}
+
+/// A name for a connection without a nick off loopback, where its address
+/// is nobody else's business: `guest-` and four digits. Nobody can choose
+/// such a nick (see [`validate_nick`]), so it impersonates no one.
+fn guest_name() -> String {
+    format!("{GUEST_PREFIX}{}", fastrand::u16(1000..10000))
 }
 
 /// A fresh, unguessable resume secret (0, which no client can send back

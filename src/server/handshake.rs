@@ -6,7 +6,7 @@
 //! [`decide`] is the pure part (the router); [`accept`] runs the whole phase
 //! on a connection, up to the point where it is a WebSocket or answered.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use base64::Engine;
 use std::sync::Mutex;
@@ -29,6 +29,7 @@ use crate::protocol::{Mode, SUBPROTOCOL};
 pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     peer: SocketAddr,
+    local: Option<IpAddr>,
     arriving: Arriving,
     shared: &Shared,
     shutdown: &CancellationToken,
@@ -43,7 +44,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(head)) => {
             // HEAD gets what GET would, without the body (uptime checkers).
             head_only = head.starts_with(b"HEAD ");
-            decide(&head, &shared.policy)
+            decide_at(&head, &shared.policy, local)
         }
         Ok(Err(HandshakeError::TooLarge)) => respond(
             431,
@@ -223,8 +224,8 @@ const MAX_HEADERS: usize = 32;
 /// RFC 6455 key suffix.
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// Who may open a WebSocket: the token, the browser origins and, on a
-/// loopback address, the names the server may be reached by.
+/// Who may open a WebSocket: the token, the browser origins and, without a
+/// token, the names the server may be reached by.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     /// The secret a handshake must carry, if any.
@@ -232,43 +233,64 @@ pub struct Policy {
     /// Browser origins allowed besides the server's own (lower case, no
     /// trailing slash).
     pub allowed_origins: Vec<String>,
-    /// When set (the server listens on a loopback address), a request's
-    /// `Host` must be a loopback name or one of `allowed_hosts`: a web page
-    /// whose name was made to resolve to 127.0.0.1 (DNS rebinding) sends its
-    /// own name, and is refused.
+    /// When set (the server has no token), a request's `Host` must be a
+    /// loopback name, an address of the server's, or one of
+    /// `allowed_hosts`: a web page whose name was made to resolve to the
+    /// server's address (DNS rebinding) sends its own name, and is refused.
     pub check_host: bool,
     /// Host names (lower case, with or without a port) allowed besides the
-    /// loopback ones.
+    /// loopback ones and the server's own addresses.
     pub allowed_hosts: Vec<String>,
 }
 
 impl Policy {
-    /// The policy the server's flags ask for, on a listener bound to `local`.
+    /// The policy the server's flags ask for, on a listener bound to
+    /// `local` under the name `listen_host` (its `--host`).
     pub fn from_config(config: &ServerConfig, local: SocketAddr) -> Self {
+        let token = config.token.clone().filter(|t| !t.is_empty());
+        let mut allowed_hosts: Vec<String> = config
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        // The address it listens on, and the name it was started with.
+        if !local.ip().is_unspecified() {
+            allowed_hosts.push(bracketed(local.ip()));
+        }
+        if let Some(name) = &config.listen_host {
+            let name = name.trim().to_ascii_lowercase();
+            if !name.is_empty() && name.parse::<IpAddr>().is_err() {
+                allowed_hosts.push(name);
+            }
+        }
         Self {
-            token: config.token.clone().filter(|t| !t.is_empty()),
+            check_host: token.is_none(),
+            token,
             allowed_origins: config
                 .allowed_origins
                 .iter()
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
-            check_host: local.ip().is_loopback(),
-            allowed_hosts: config
-                .allowed_hosts
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            allowed_hosts,
         }
     }
 
-    /// Whether a request naming `host` may be served.
-    fn host_allowed(&self, host: &str) -> bool {
+    /// Whether a request naming `host` may be served on a connection that
+    /// reached the server at `local`. A `Host` that does not parse is never
+    /// served.
+    fn host_allowed(&self, host: &str, local: Option<IpAddr>) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let Some(name) = host_name(&host) else {
+            return false;
+        };
         if !self.check_host {
             return true;
         }
-        let host = host.trim().to_ascii_lowercase();
-        let name = host_name(&host);
+        // An address literal cannot be rebound: the one this connection
+        // reached the server at is the server's own.
+        let own_address = local.is_some_and(|ip| bracketed(ip) == name);
         is_loopback_name(name)
+            || own_address
             || self
                 .allowed_hosts
                 .iter()
@@ -307,14 +329,44 @@ impl Policy {
     }
 }
 
-/// The name in a `Host` value, without its port (`[::1]:80` gives `[::1]`).
-fn host_name(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .split_once(']')
-            .map_or(host, |(name, _)| &host[..=name.len()]);
+/// The name in a `Host` value (lower case), without its port: `[::1]:80`
+/// gives `[::1]`. `None` unless the whole value is a name or an address
+/// literal with at most a numeric port, so `[::1]evil` and
+/// `127.0.0.1:80@evil` are no loopback names but no names at all.
+fn host_name(host: &str) -> Option<&str> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let (inside, after) = rest.split_once(']')?;
+            inside.parse::<Ipv6Addr>().ok()?;
+            let port = match after {
+                "" => None,
+                after => Some(after.strip_prefix(':')?),
+            };
+            (&host[..inside.len() + 2], port)
+        }
+        None => match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok());
+    let name_ok = name.starts_with('[')
+        || (!name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
+    (port_ok && name_ok).then_some(name)
+}
+
+/// An address as it is written in a `Host`: IPv6 in brackets.
+fn bracketed(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{v6}]"),
+        },
     }
-    host.split_once(':').map_or(host, |(name, _)| name)
 }
 
 /// `localhost`, an address in 127.0.0.0/8, or `[::1]`.
@@ -330,11 +382,24 @@ fn is_loopback_name(name: &str) -> bool {
 
 /// The percent-decoded value of `name` in the request target's query string.
 fn query_param(target: &str, name: &str) -> Option<String> {
+    query_value(target, name).and_then(percent_decode)
+}
+
+/// The raw value of `name` in the request target's query string.
+fn query_value<'t>(target: &'t str, name: &str) -> Option<&'t str> {
     let query = target.split_once('?')?.1.split('#').next()?;
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| percent_decode(value))?
+        (key == name).then_some(value)
     })
+}
+
+/// The value of `name` decoded, or as it came when it does not decode (a
+/// bad escape such as `%zz`): a nick or room that then fails its check is
+/// refused with the reason, not ignored.
+fn query_text(target: &str, name: &str) -> Option<String> {
+    let raw = query_value(target, name)?;
+    Some(percent_decode(raw).unwrap_or_else(|| raw.to_owned()))
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -402,8 +467,8 @@ impl Hello {
     /// The hello in a request target's query string.
     pub fn from_target(target: &str) -> Self {
         Self {
-            nick: query_param(target, "nick"),
-            room: query_param(target, "room"),
+            nick: query_text(target, "nick"),
+            room: query_text(target, "room"),
             resume: query_param(target, "resume"),
         }
     }
@@ -475,6 +540,9 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, Hand
         if buf.first() == Some(&TLS_HANDSHAKE_RECORD) {
             return Err(HandshakeError::Tls);
         }
+        if has_bare_lf(&buf) {
+            return Err(HandshakeError::Malformed);
+        }
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             // However fast it came, a head over the limit is refused.
             if end + 4 > MAX_HEAD {
@@ -492,6 +560,15 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, Hand
             Err(_) => return Err(HandshakeError::Malformed),
         }
     }
+}
+
+/// Whether a line of `head` ends in LF alone. HTTP ends lines in CRLF; a
+/// head whose lines end in bare LF would never reach its blank line, so it
+/// is refused at once instead of after the handshake timeout.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(at, &b)| b == b'\n' && (at == 0 || head[at - 1] != b'\r'))
 }
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello).
@@ -575,12 +652,34 @@ fn refusal(status: u16, phrase: &str, headers: &str, reason: &'static str) -> Re
     }
 }
 
+/// Whether `key` is what RFC 6455 4.1 asks for: 16 bytes, base64-encoded.
+fn valid_key(key: &str) -> bool {
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16)
+}
+
 /// Headers a request may carry only once: two `Host`s or `Origin`s could
 /// be read differently by a proxy in front and by the server.
 const SINGLE_HEADERS: [&str; 3] = ["host", "origin", "sec-websocket-key"];
 
-/// Decides what to do with a request head.
+/// Decides what to do with a request head, as for a connection whose
+/// local address is not known.
 pub fn decide(head: &[u8], policy: &Policy) -> Decision {
+    decide_at(head, policy, None)
+}
+
+/// Decides what to do with a request head that reached the server at
+/// `local`, an address a `Host` may name.
+pub fn decide_at(head: &[u8], policy: &Policy, local: Option<IpAddr>) -> Decision {
+    if has_bare_lf(head) {
+        return respond(
+            400,
+            "Bad Request",
+            "malformed HTTP request: lines end in CRLF",
+        );
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let consumed = match request.parse(head) {
@@ -609,7 +708,7 @@ pub fn decide(head: &[u8], policy: &Policy) -> Decision {
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
     let origin = header("origin").map(str::to_owned);
-    let mut decision = route(&request, &header, policy);
+    let mut decision = route(&request, &header, policy, local);
     match &mut decision {
         Decision::Respond(refusal) => refusal.origin = origin,
         Decision::Upgrade { origin: slot, .. } => *slot = origin,
@@ -664,6 +763,7 @@ fn route<'h>(
     request: &httparse::Request<'_, 'h>,
     header: &dyn Fn(&str) -> Option<&'h str>,
     policy: &Policy,
+    local: Option<IpAddr>,
 ) -> Decision {
     let head_only = request.method == Some("HEAD");
     if request.method != Some("GET") && !head_only {
@@ -685,7 +785,12 @@ fn route<'h>(
     }
     let host = header("host");
     if let Some(host) = host
-        && !policy.host_allowed(host)
+        && host_name(&host.trim().to_ascii_lowercase()).is_none()
+    {
+        return respond(400, "Bad Request", "malformed Host");
+    }
+    if let Some(host) = host
+        && !policy.host_allowed(host, local)
     {
         return respond(
             403,
@@ -728,6 +833,13 @@ fn route<'h>(
     let Some(key) = header("sec-websocket-key").map(str::trim) else {
         return respond(400, "Bad Request", "missing Sec-WebSocket-Key");
     };
+    if !valid_key(key) {
+        return respond(
+            400,
+            "Bad Request",
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        );
+    }
     let json = header("sec-websocket-protocol")
         .is_some_and(|v| v.split(',').any(|p| p.trim() == SUBPROTOCOL));
 
@@ -898,6 +1010,143 @@ mod tests {
         let mut lines = vec!["GET / HTTP/1.1", "Host: anything.example"];
         lines.extend_from_slice(&UPGRADE[1..]);
         assert_eq!(status(&decide(&request(&lines), &open())), 101);
+    }
+
+    #[test]
+    fn hosts_that_only_look_loopback_are_not() {
+        for host in [
+            "[::1]evil",
+            "[::1]:80evil",
+            "127.0.0.1:80@evil",
+            "127.0.0.1@evil.example",
+            "localhost:",
+            "localhost:99999",
+            "[::1",
+            "[evil]:80",
+            "a:b:c",
+        ] {
+            let status = upgrade_to_host(host, &[], &[]);
+            assert!(status == 400 || status == 403, "{host}: {status}");
+            // Not even with a token, where no name is checked.
+            let mut lines = vec!["GET / HTTP/1.1".to_owned(), format!("Host: {host}")];
+            lines.extend(UPGRADE[1..].iter().map(|l| (*l).to_owned()));
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            assert_eq!(status_of(&request(&lines), &open()), 400, "{host}");
+        }
+    }
+
+    fn status_of(head: &[u8], policy: &Policy) -> u16 {
+        status(&decide(head, policy))
+    }
+
+    #[test]
+    fn the_host_allow_list_holds_wherever_there_is_no_token() {
+        let config = ServerConfig {
+            allowed_hosts: vec!["Chat.Example.org".into()],
+            listen_host: Some("wschat.internal".into()),
+            ..ServerConfig::default()
+        };
+        let off_loopback: SocketAddr = "192.0.2.7:2000".parse().expect("addr");
+        let policy = Policy::from_config(&config, off_loopback);
+        assert!(policy.check_host);
+        let at = |host: &str, local: Option<IpAddr>| {
+            let host = format!("Host: {host}");
+            let mut lines = vec!["GET / HTTP/1.1", host.as_str()];
+            lines.extend_from_slice(&UPGRADE[1..]);
+            status(&decide_at(&request(&lines), &policy, local))
+        };
+        for host in [
+            "localhost:2000",
+            "127.0.0.1",
+            "192.0.2.7:2000",
+            "chat.example.org",
+            "wschat.internal:2000",
+        ] {
+            assert_eq!(at(host, None), 101, "{host}");
+        }
+        assert_eq!(at("rebound.example:2000", None), 403);
+        assert_eq!(at("198.51.100.1:2000", None), 403);
+        // On 0.0.0.0, the address a connection reached is one of the server's.
+        let any: SocketAddr = "0.0.0.0:2000".parse().expect("addr");
+        let policy = Policy::from_config(&ServerConfig::default(), any);
+        let reached: IpAddr = "10.1.2.3".parse().expect("ip");
+        let host = |name: &str| {
+            let host = format!("Host: {name}");
+            let mut lines = vec!["GET / HTTP/1.1".to_owned(), host];
+            lines.extend(UPGRADE[1..].iter().map(|l| (*l).to_owned()));
+            lines.join("\r\n") + "\r\n\r\n"
+        };
+        assert_eq!(
+            status(&decide_at(
+                host("10.1.2.3:2000").as_bytes(),
+                &policy,
+                Some(reached)
+            )),
+            101
+        );
+        assert_eq!(
+            status(&decide_at(
+                host("10.9.9.9:2000").as_bytes(),
+                &policy,
+                Some(reached)
+            )),
+            403
+        );
+        let v6: IpAddr = "2001:db8::1".parse().expect("ip");
+        assert_eq!(
+            status(&decide_at(
+                host("[2001:db8::1]:2000").as_bytes(),
+                &policy,
+                Some(v6)
+            )),
+            101
+        );
+        // With a token there is no Host check.
+        let config = ServerConfig {
+            token: Some("t".into()),
+            ..ServerConfig::default()
+        };
+        assert!(!Policy::from_config(&config, any).check_host);
+    }
+
+    #[test]
+    fn keys_that_are_not_16_bytes_of_base64_are_refused() {
+        for key in [
+            "x",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+            "dGhlIHNhbXBsZSBub25jZSE=",
+            "AAAAAAAAAAAAAAAAAAAAAAAA",
+            "!!!!!!!!!!!!!!!!!!!!!!==",
+        ] {
+            let key = format!("Sec-WebSocket-Key: {key}");
+            let mut lines = vec!["GET / HTTP/1.1"];
+            lines.extend_from_slice(&UPGRADE[..4]);
+            lines.push(&key);
+            assert_eq!(status_of(&request(&lines), &open()), 400, "{key}");
+        }
+    }
+
+    #[test]
+    fn a_head_with_bare_line_feeds_is_refused() {
+        let mut lines = vec!["GET / HTTP/1.1"];
+        lines.extend_from_slice(UPGRADE);
+        let bare = lines.join("\n") + "\n\n";
+        assert_eq!(status_of(bare.as_bytes(), &open()), 400);
+        let mixed = lines.join("\r\n") + "\n\r\n";
+        assert_eq!(status_of(mixed.as_bytes(), &open()), 400);
+        assert!(has_bare_lf(b"GET / HTTP/1.1\n"));
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+    }
+
+    #[test]
+    fn a_hello_that_does_not_decode_is_kept_as_it_came() {
+        let hello = Hello::from_target("/?nick=%zz&room=ok%2");
+        assert_eq!(hello.nick.as_deref(), Some("%zz"));
+        assert_eq!(hello.room.as_deref(), Some("ok%2"));
+        let hello = Hello::from_target("/?nick=al%69ce&resume=%zz");
+        assert_eq!(hello.nick.as_deref(), Some("alice"));
+        assert_eq!(hello.resume, None);
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct Shared {
     pub refusals: handshake::RefusalLog,
     /// What `/metrics` reports.
     pub metrics: Arc<Metrics>,
+    /// Whether a connection without a nick is a guest name rather than
+    /// its `IP:PORT` (off loopback, unless `--show-addresses`).
+    pub guest_names: bool,
     node: u64,
     next_seq: AtomicU64,
 }
@@ -108,6 +111,7 @@ impl Shared {
             ),
             refusals: handshake::RefusalLog::default(),
             metrics: Arc::new(Metrics::new(backend)),
+            guest_names: !local.ip().is_loopback() && !config.show_addresses,
             node,
             next_seq: AtomicU64::new(1),
             config,
@@ -242,6 +246,12 @@ pub async fn run(
     tokio::spawn(forget_idle_rooms(shared.clone(), token.clone()));
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!("listening on {scheme}://{local}");
+    if !local.ip().is_loopback() && shared.policy.token.is_none() {
+        warn!(
+            "listening off loopback without --token: anyone who can reach {local} may chat; \
+             only Host names it knows are served (add more with --allowed-host)"
+        );
+    }
 
     tokio::pin!(shutdown);
     loop {
@@ -262,10 +272,12 @@ pub async fn run(
                     };
                     // Without this, Nagle holds small frames back for tens of ms.
                     let _ = stream.set_nodelay(true);
+                    // The address the peer reached: a `Host` may name it.
+                    let reached = stream.local_addr().ok().map(|a| a.ip());
                     let (shared, token) = (shared.clone(), token.clone());
                     match &tls {
                         None => {
-                            tracker.spawn(session::serve(stream, peer, arriving, shared, token));
+                            tracker.spawn(session::serve(stream, peer, reached, arriving, shared, token));
                         }
                         Some(acceptor) => {
                             let accept = acceptor.accept(stream);
@@ -273,7 +285,7 @@ pub async fn run(
                                 let within = shared.config.handshake_within();
                                 match tokio::time::timeout(within, accept).await {
                                     Ok(Ok(stream)) => {
-                                        session::serve(stream, peer, arriving, shared, token).await;
+                                        session::serve(stream, peer, reached, arriving, shared, token).await;
                                     }
                                     Ok(Err(err)) => debug!("{peer}: TLS handshake failed: {err}"),
                                     Err(_) => debug!("{peer}: TLS handshake timed out"),

@@ -64,6 +64,7 @@ const TRY_AGAIN_LATER: u16 = 1013;
 pub(super) async fn serve<S: Transport>(
     mut stream: S,
     peer: SocketAddr,
+    local: Option<std::net::IpAddr>,
     arriving: Arriving,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -73,6 +74,7 @@ pub(super) async fn serve<S: Transport>(
     let accepting = Box::pin(handshake::accept(
         &mut stream,
         peer,
+        local,
         arriving,
         &shared,
         &shutdown,

@@ -77,10 +77,19 @@ impl TestServer {
 
     /// A server on a given port (0 for any).
     pub async fn on_port(port: u16, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::listening("127.0.0.1", port, tweak).await
+    }
+
+    /// A server listening on `host` (such as `0.0.0.0`, to be off
+    /// loopback), reached by the tests at 127.0.0.1.
+    pub async fn listening(host: &str, port: u16, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
         let mut config = ServerConfig::default();
         tweak(&mut config);
-        let listener = server::bind("127.0.0.1", port).await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
+        let listener = server::bind(host, port).await.expect("bind");
+        let mut addr = listener.local_addr().expect("local addr");
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async {
