@@ -211,8 +211,9 @@ pub struct ServerArgs {
     pub redis: Option<String>,
 
     /// Prefix of every key and channel wschat uses in Redis, so several
-    /// chats can share one Redis.
-    #[arg(long, default_value = defaults::REDIS_PREFIX, value_name = "PREFIX")]
+    /// chats can share one Redis: 1-64 of `A-Z a-z 0-9 _ . -` (no `:`, the
+    /// separator after it, so no two chats' keys can collide).
+    #[arg(long, default_value = defaults::REDIS_PREFIX, value_name = "PREFIX", value_parser = redis_prefix)]
     pub redis_prefix: String,
 
     /// With --redis: how long a server that stopped answering keeps its
@@ -246,6 +247,26 @@ fn non_empty_token(value: &str) -> Result<String, String> {
 }
 
 /// `--allowed-origin`'s value: `scheme://host[:port]`, as a browser sends it.
+/// Checks a `--redis-prefix`: 1-64 of `A-Z a-z 0-9 _ . -`. Keys are
+/// `PREFIX:...`, so a prefix holding the `:` separator (or a glob character,
+/// as key patterns are built from it) could name another chat's keys.
+///
+/// # Errors
+/// Why the prefix cannot be used, naming it.
+pub fn redis_prefix(value: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a Redis prefix: use 1-64 of A-Z a-z 0-9 _ . - (no ':' or glob characters)"
+        ))
+    }
+}
+
 fn origin(value: &str) -> Result<String, String> {
     let bad = || {
         format!(

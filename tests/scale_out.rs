@@ -671,3 +671,71 @@ async fn a_pubsub_connection_that_goes_quiet_is_replaced_and_the_gap_filled() {
     said(&mut other, "d1").await;
     assert_eq!(message(&mut late).await, (1, "other".into(), "d1".into()));
 }
+
+#[tokio::test]
+async fn a_redis_prefix_that_could_collide_with_another_chat_s_keys_is_refused() {
+    // `P` and `P:nick` would share keys (`P:nick:epoch` is both chat P's
+    // nick "epoch" and chat P:nick's epoch).
+    for prefix in [
+        "P:nick",
+        "",
+        "chat*",
+        "a?b",
+        "[x]",
+        &"p".repeat(65),
+        "spa ce",
+    ] {
+        let mut server = Proc::spawn(
+            env!("CARGO_BIN_EXE_server"),
+            &["--port", "0", "--redis-prefix", prefix],
+            &[],
+        );
+        assert_eq!(server.exit_code().await, 2, "{prefix:?}");
+        let lines = server.err_rest().await;
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("--redis-prefix") && l.contains(&format!("{prefix:?}"))),
+            "{prefix:?}: {lines:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn starting_on_redis_logs_no_error_and_counts_none() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (mut server, url) = node(&redis).await;
+    let (mut alice, _) = join_as(&url, "alice", "lobby").await;
+    // Two beats: the first one's member count and reaping are done.
+    heartbeats(&redis, 2).await;
+    alice.send(r#"{"type":"rooms"}"#).await;
+    wait_for(&mut alice, |f| matches!(f, ServerFrame::Rooms { .. })).await;
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("ws://")
+        .parse()
+        .expect("server address");
+    let answer = common::metrics(addr).await;
+    assert_eq!(
+        common::metric(&answer, "wschat_backend_errors_total{backend=\"redis\"}"),
+        Some(0.0),
+        "{answer}"
+    );
+    server.signal("TERM");
+    let lines = server.err_rest().await;
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("WARN") || l.contains("ERROR")),
+        "{lines:?}"
+    );
+    // Its keys are under its prefix and a separator.
+    let mut admin = redis.connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut admin)
+        .await
+        .expect("KEYS");
+    assert!(keys.iter().all(|k| k.starts_with("wschat:")), "{keys:?}");
+}

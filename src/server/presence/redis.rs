@@ -322,10 +322,14 @@ impl RedisPresence {
             pipe.hkeys(self.link.members(name))
                 .hget(self.link.meta(name), "last");
         }
-        let found: Vec<(Vec<String>, Option<u64>)> = self
-            .link
-            .note(pipe.query_async(&mut conn).await)
-            .map_err(|err| Self::unavailable(&err))?;
+        // Redis refuses an empty pipeline ("empty command").
+        let found: Vec<(Vec<String>, Option<u64>)> = if names.is_empty() {
+            Vec::new()
+        } else {
+            self.link
+                .note(pipe.query_async(&mut conn).await)
+                .map_err(|err| Self::unavailable(&err))?
+        };
         // Members on other nodes as Redis has them, this node's as it
         // knows them now.
         let me = format!("{}:", self.link.node_name());
@@ -604,6 +608,10 @@ impl RedisPresence {
         let Ok(names) = self.link.note(names) else {
             return;
         };
+        if names.is_empty() {
+            // Nothing to count, and Redis refuses an empty pipeline.
+            return;
+        }
         let mine: HashMap<Arc<str>, usize> = self.local.room_sizes().into_iter().collect();
         let mut pipe = redis::pipe();
         for name in &names {
