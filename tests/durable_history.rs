@@ -409,3 +409,127 @@ async fn retain_prunes_in_the_background_with_nothing_written() {
     .await;
     assert_eq!(kept(), [16, 17, 18, 19, 20]);
 }
+
+/// The next frame that is a message's acknowledgement or an error.
+async fn outcome(peer: &mut Peer) -> ServerFrame {
+    loop {
+        if let frame @ (ServerFrame::Message { .. } | ServerFrame::Error { .. }) =
+            peer.frame().await
+        {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_file_exits_naming_it_and_the_first_s_pid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("chat.db");
+    let (first, url) = spawn_server(&["--db", db.to_str().expect("utf-8")]).await;
+    let pid = first.pid();
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&db, &link).expect("symlink");
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).expect("dir");
+    let roundabout = sub.join("..").join("chat.db");
+    // The same file by its name, through a symlink, and by another path.
+    for other in [&db, &link, &roundabout] {
+        let (code, lines) = refused(other).await;
+        assert_eq!(code, 1, "{lines:?}");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "error: cannot use history database {}: it is in use by another wschat server (pid {pid})",
+                other.display()
+            )),
+            "{lines:?}"
+        );
+    }
+    // The first one never noticed.
+    assert_eq!(healthz(&url).await, 200);
+    let (mut alice, _) = json_peer(&url, "alice").await;
+    alice.send(&say("still here", "s1")).await;
+    assert!(matches!(
+        outcome(&mut alice).await,
+        ServerFrame::Message { .. }
+    ));
+    // Once it is gone, the file is free.
+    first.signal("TERM");
+    let mut first = first;
+    assert_eq!(first.exit_code().await, 0);
+    let (_again, url) = spawn_server(&["--db", db.to_str().expect("utf-8")]).await;
+    assert_eq!(healthz(&url).await, 200);
+}
+
+/// A server on a fresh file in `dir` with alice connected and one message
+/// stored.
+async fn serving(dir: &Path) -> (Proc, String, Peer) {
+    let db = dir.join("chat.db");
+    let (server, url) = spawn_server(&["--db", db.to_str().expect("utf-8"), "--rate", "0"]).await;
+    let (mut alice, _) = json_peer(&url, "alice").await;
+    alice.send(&say("stored", "s0")).await;
+    assert!(matches!(
+        outcome(&mut alice).await,
+        ServerFrame::Message { .. }
+    ));
+    (server, url, alice)
+}
+
+#[tokio::test]
+async fn a_shared_memory_file_cut_short_refuses_writes_instead_of_crashing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, url, mut alice) = serving(dir.path()).await;
+    let shm = dir.path().join("chat.db-shm");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shm)
+        .expect("open -shm");
+    file.set_len(0).expect("truncate -shm");
+    alice.send(&say("after", "s1")).await;
+    match outcome(&mut alice).await {
+        ServerFrame::Error { code, cid, text } => {
+            assert_eq!((code, cid.as_deref()), (ErrorCode::Unavailable, Some("s1")));
+            assert!(text.contains("chat.db-shm was cut short"), "{text}");
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert_eq!(healthz(&url).await, 503);
+    let line = server.err_until("was cut short").await;
+    assert!(line.contains("ERROR") && line.contains("restart"), "{line}");
+    // Alive, and still chatting without history.
+    alice.send(r#"{"type":"who"}"#).await;
+    loop {
+        if let ServerFrame::Members { nicks, .. } = alice.frame().await {
+            assert_eq!(nicks, ["alice"]);
+            break;
+        }
+    }
+    server.signal("TERM");
+    assert_eq!(server.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn database_files_deleted_while_it_runs_are_noticed_and_writes_refused() {
+    for deleted in ["chat.db", "chat.db-wal"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut server, url, mut alice) = serving(dir.path()).await;
+        std::fs::remove_file(dir.path().join(deleted)).expect("delete");
+        // Noticed with nothing written...
+        within("healthz to answer 503", async {
+            while healthz(&url).await != 503 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        let line = server.err_until("was deleted while the server runs").await;
+        assert!(line.contains(deleted), "{line}");
+        // ...and nothing more is acknowledged that a restart would lose.
+        alice.send(&say("lost?", "s1")).await;
+        match outcome(&mut alice).await {
+            ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::Unavailable),
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        server.signal("TERM");
+        assert_eq!(server.exit_code().await, 0, "{deleted}");
+    }
+}

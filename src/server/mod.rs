@@ -315,6 +315,7 @@ pub async fn run(
     }
     // Their departures told to the other servers of the chat (bounded).
     let _ = tokio::time::timeout(PRESENCE_GRACE, shared.presence.close()).await;
+    shared.history.close();
     Ok(())
 }
 

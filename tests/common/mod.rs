@@ -488,6 +488,11 @@ impl Proc {
             .expect("wait")
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     /// Sends a signal by name (TERM, INT, KILL).
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running").to_string();

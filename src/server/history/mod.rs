@@ -5,6 +5,7 @@
 //! [`MemoryHistory`] keeps a ring per room and starts afresh with every
 //! process; [`SqliteHistory`] keeps everything in one SQLite file.
 
+mod files;
 mod memory;
 mod redis;
 mod sqlite;
@@ -52,6 +53,10 @@ pub trait History: Send + Sync + fmt::Debug {
 
     /// `None` while the store works; otherwise why it does not.
     fn trouble(&self) -> Option<String>;
+
+    /// Called once at shutdown, after every connection is gone: a store
+    /// lets go of its file for the next server.
+    fn close(&self) {}
 
     /// Lets go of the messages kept in memory for rooms that have had none
     /// for `idle` and that `occupied` says have no members; their ids go on
@@ -185,6 +190,21 @@ pub enum HistoryError {
     /// SQLite refused the file or an operation on it.
     #[error("{}", sqlite::describe(.0))]
     Sqlite(rusqlite::Error),
+    /// The file (or its lock file beside it) cannot be opened or made.
+    #[error("cannot open the file (does its directory exist, and may the server write there?)")]
+    CannotOpen,
+    /// Another server uses the file.
+    #[error(
+        "it is in use by another wschat server{} (it holds {})",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        lock.display()
+    )]
+    InUse {
+        /// The running server's process id, as its lock file names it.
+        pid: Option<u32>,
+        /// The lock file beside the database.
+        lock: std::path::PathBuf,
+    },
     /// The file or its directory cannot be used.
     #[error(transparent)]
     Io(#[from] std::io::Error),

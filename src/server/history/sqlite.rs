@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use super::files::{DbLock, FileWatch, Tampered, real_path};
 use super::{BoxFuture, History, HistoryError, NewMessage, Page, Since, Stamp, Stored};
 use crate::config::DbSync;
 use crate::protocol::now_ms;
@@ -85,16 +86,56 @@ pub struct SqliteHistory {
     reader: Arc<Mutex<Connection>>,
     epoch: u64,
     health: Arc<Health>,
+    /// Keeps a second server off the file; let go at [`History::close`].
+    lock: Mutex<Option<DbLock>>,
 }
 
-/// Whether the last write worked, and why not.
-#[derive(Debug, Default)]
+/// Whether the last write worked, and why not; and whether the files are
+/// still the ones the store opened.
+#[derive(Debug)]
 struct Health {
     failing: AtomicBool,
     reason: Mutex<String>,
+    watch: Mutex<FileWatch>,
+    /// What another process did to the files, once it was noticed: from
+    /// then on until a restart the store is not used (see [`Health::guard`]).
+    tampered: Mutex<Option<Tampered>>,
 }
 
 impl Health {
+    fn new(watch: FileWatch) -> Self {
+        Self {
+            failing: AtomicBool::new(false),
+            reason: Mutex::new(String::new()),
+            watch: Mutex::new(watch),
+            tampered: Mutex::new(None),
+        }
+    }
+
+    /// `Ok` while the database's files are the ones the store opened; once
+    /// another process deleted, replaced or cut one short, what it did,
+    /// logged once and failing every write from then on (and `/healthz`).
+    fn guard(&self) -> Result<(), Tampered> {
+        let mut tampered = lock(&self.tampered);
+        if let Some(found) = &*tampered {
+            return Err(found.clone());
+        }
+        let found = lock(&self.watch).check().err();
+        let Some(found) = found else {
+            return Ok(());
+        };
+        error!("history: {}", found.reason());
+        *tampered = Some(found.clone());
+        drop(tampered);
+        self.fail(found.reason().to_owned());
+        Err(found)
+    }
+
+    /// Whether the store may still be used (its files were not tampered with).
+    fn intact(&self) -> bool {
+        lock(&self.tampered).is_none()
+    }
+
     fn fail(&self, reason: String) {
         if !self.failing.swap(true, Ordering::Relaxed) {
             warn!("history writes failing: {reason}");
@@ -103,6 +144,9 @@ impl Health {
     }
 
     fn recover(&self) {
+        if !self.intact() {
+            return;
+        }
         if self.failing.swap(false, Ordering::Relaxed) {
             info!("history writes work again");
         }
@@ -135,6 +179,8 @@ enum Job {
     Probe,
     /// Prune rooms past `--retain`, even with nothing to write.
     Prune,
+    /// Check that the files are still the store's, with nothing to write.
+    Watch,
 }
 
 /// One room as the writer knows it.
@@ -168,6 +214,8 @@ impl SqliteHistory {
         metrics: BackendMetrics,
     ) -> Result<Self, HistoryError> {
         survive_file_size_limit()?;
+        let real = real_path(path);
+        let db_lock = DbLock::take(&real)?;
         let mut writer = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -204,11 +252,12 @@ impl SqliteHistory {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         reader.busy_timeout(Duration::from_secs(5))?;
+        // Both connections are open and have read: the files are there.
+        let health = Arc::new(Health::new(FileWatch::new(&real)));
 
         let (jobs, queue) = mpsc::channel(QUEUE);
         let (committed, batches) = mpsc::channel(COMMITTED);
         tokio::spawn(publish(batches, fanout));
-        let health = Arc::new(Health::default());
         let prune_due = Arc::new(AtomicBool::new(false));
         let mut store = Writer {
             conn: writer,
@@ -230,6 +279,7 @@ impl SqliteHistory {
             reader: Arc::new(Mutex::new(reader)),
             epoch,
             health,
+            lock: Mutex::new(Some(db_lock)),
         })
     }
 }
@@ -337,18 +387,22 @@ impl Report {
 
 /// The writer's clock, for what must happen even when nobody is writing:
 /// every so often a probe while writes fail (so the store is seen to work
-/// again), and pruning while some room is past `--retain`.
+/// again), pruning while some room is past `--retain`, and otherwise a look
+/// at the files (so a deleted database is noticed, and `/healthz` says so).
 async fn keep_time(jobs: mpsc::WeakSender<Job>, health: Arc<Health>, prune_due: Arc<AtomicBool>) {
     let every = PROBE_EVERY.min(PRUNE_EVERY);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         ticks.tick().await;
         let Some(jobs) = jobs.upgrade() else { return };
-        if health.failing.load(Ordering::Relaxed) {
-            let _ = jobs.try_send(Job::Probe);
+        let job = if health.failing.load(Ordering::Relaxed) {
+            Job::Probe
         } else if prune_due.load(Ordering::Relaxed) {
-            let _ = jobs.try_send(Job::Prune);
-        }
+            Job::Prune
+        } else {
+            Job::Watch
+        };
+        let _ = jobs.try_send(job);
     }
 }
 
@@ -382,6 +436,7 @@ impl Writer {
         while let Some(job) = queue.blocking_recv() {
             let mut probe = false;
             let mut prune = false;
+            let mut watch = false;
             let mut next = Some(job);
             let mut gathered = false;
             loop {
@@ -390,6 +445,7 @@ impl Writer {
                         Job::Append { message, done } => batch.push((message, done)),
                         Job::Probe => probe = true,
                         Job::Prune => prune = true,
+                        Job::Watch => watch = true,
                     }
                     if batch.len() < MAX_BATCH {
                         next = queue.try_recv().ok();
@@ -408,6 +464,8 @@ impl Writer {
                 self.commit(std::mem::take(&mut batch));
             } else if probe {
                 self.probe();
+            } else if watch {
+                let _ = self.health.guard();
             }
             if prune || self.pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 self.pruned_at = Some(Instant::now());
@@ -419,6 +477,13 @@ impl Writer {
     /// Writes a batch in one transaction; then publishes and acknowledges
     /// it, or refuses all of it.
     fn commit(&mut self, batch: Vec<(NewMessage, Done)>) {
+        if let Err(tampered) = self.health.guard() {
+            self.metrics.errors.inc();
+            for (_, done) in batch {
+                let _ = done.send(Err(HistoryError::Unavailable(tampered.reason().into())));
+            }
+            return;
+        }
         let ts = now_ms();
         let started = Instant::now();
         let written = self.write(&batch, ts);
@@ -511,6 +576,9 @@ impl Writer {
 
     /// A small write, to learn whether the store works again.
     fn probe(&mut self) {
+        if self.health.guard().is_err() {
+            return;
+        }
         let result = self.conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?1)",
             params![now_ms() as i64],
@@ -523,6 +591,9 @@ impl Writer {
 
     /// Deletes one batch of messages past `--retain` in each room over it.
     fn prune(&mut self) {
+        if self.health.guard().is_err() {
+            return;
+        }
         let mut due = false;
         for row in self.rooms.values_mut() {
             if !row.past(self.retain) {
@@ -566,8 +637,7 @@ pub(super) fn describe(err: &rusqlite::Error) -> String {
     use rusqlite::ErrorCode::CannotOpen;
     match err {
         rusqlite::Error::SqliteFailure(code, _) if code.code == CannotOpen => {
-            "cannot open the file (does its directory exist, and may the server write there?)"
-                .into()
+            HistoryError::CannotOpen.to_string()
         }
         rusqlite::Error::SqliteFailure(_, Some(text)) if !text.is_empty() => text.clone(),
         rusqlite::Error::SqliteFailure(code, None) => code.to_string().to_lowercase(),
@@ -597,14 +667,21 @@ impl History for SqliteHistory {
         let reader = self.reader.clone();
         let room = room.to_owned();
         let epoch = self.epoch;
+        let health = self.health.clone();
         Box::pin(async move {
             let read = tokio::task::spawn_blocking(move || {
+                // A deleted file still reads as it was; a cut-short index
+                // would crash the process.
+                if let Err(Tampered::CutShort(reason)) = health.guard() {
+                    return Err(HistoryError::Unavailable(reason));
+                }
                 let conn = lock(&reader);
                 read_page(&conn, &room, since, limit)
+                    .map_err(|err| HistoryError::Unavailable(describe(&err)))
             });
             let messages = match read.await {
                 Ok(Ok(messages)) => messages,
-                Ok(Err(err)) => return Err(HistoryError::Unavailable(describe(&err))),
+                Ok(Err(err)) => return Err(err),
                 Err(err) => return Err(HistoryError::Unavailable(err.to_string())),
             };
             Ok(Page { epoch, messages })
@@ -616,6 +693,10 @@ impl History for SqliteHistory {
             .failing
             .load(Ordering::Relaxed)
             .then(|| lock(&self.health.reason).clone())
+    }
+
+    fn close(&self) {
+        drop(lock(&self.lock).take());
     }
 }
 
