@@ -69,6 +69,9 @@ pub enum ErrorCode {
     BadText,
     /// The server cannot store or read messages right now; nothing was delivered.
     Unavailable,
+    /// A well-formed frame with a field the server does not take (a `cid`
+    /// over [`MAX_CID_BYTES`]); nothing was done.
+    BadRequest,
     /// Any other failure (the text says what).
     Internal,
     /// Anything this build does not know (for forward compatibility).
@@ -489,9 +492,22 @@ pub fn parse_plain(line: &str) -> Result<Request, Rejection> {
     }
 }
 
+/// The longest `cid` a client may give a message, in bytes: it is stored
+/// with the message, so it may not cost more than a short id.
+pub const MAX_CID_BYTES: usize = 64;
+
 /// Parses one JSON-mode frame.
 pub fn parse_json(text: &str) -> Result<Request, Rejection> {
     match serde_json::from_str::<ClientFrame>(text) {
+        Ok(
+            ClientFrame::Say { cid: Some(cid), .. } | ClientFrame::Private { cid: Some(cid), .. },
+        ) if cid.len() > MAX_CID_BYTES => Err(Rejection::new(
+            ErrorCode::BadRequest,
+            format!(
+                "cid is {} bytes, over the limit of {MAX_CID_BYTES}: nothing was sent",
+                cid.len()
+            ),
+        )),
         Ok(frame) => Ok(frame.into()),
         Err(err) => {
             // Only on the error path: tell an unknown `type` from malformed JSON.
@@ -772,6 +788,25 @@ mod tests {
         }
         assert!(validate_nick("guest").is_ok());
         assert!(validate_nick("guest_1").is_ok());
+    }
+
+    #[test]
+    fn cids_over_the_limit_are_bad_requests() {
+        let at_limit = "c".repeat(MAX_CID_BYTES);
+        let over = "c".repeat(MAX_CID_BYTES + 1);
+        let say = |cid: &str| format!(r#"{{"type":"say","text":"hi","cid":"{cid}"}}"#);
+        let private =
+            |cid: &str| format!(r#"{{"type":"private","to":"a","text":"hi","cid":"{cid}"}}"#);
+        assert!(parse_json(&say(&at_limit)).is_ok());
+        assert!(parse_json(&private(&at_limit)).is_ok());
+        for frame in [say(&over), private(&over)] {
+            let refused = parse_json(&frame).expect_err("over the limit");
+            assert_eq!(refused.code, ErrorCode::BadRequest);
+            assert_eq!(
+                refused.text,
+                "cid is 65 bytes, over the limit of 64: nothing was sent"
+            );
+        }
     }
 
     #[test]

@@ -409,7 +409,7 @@ async fn join_after_replays_exactly_the_missing_messages_then_live() {
 }
 
 #[tokio::test]
-async fn replayed_own_messages_carry_their_cid() {
+async fn replayed_messages_carry_their_cid_only_to_the_connection_that_sent_them() {
     let server = TestServer::start().await;
     let url = server.url();
     let (mut a, _) = json_peer(&url).await;
@@ -418,11 +418,18 @@ async fn replayed_own_messages_carry_their_cid() {
     a.send(r#"{"type":"say","text":"stored","cid":"k-1"}"#)
         .await;
     let _ = a.frame().await; // ack
+    // Replayed to its author, it carries its cid...
+    a.send(r#"{"type":"join","room":"lobby","after":0}"#).await;
+    let frame = a.frame().await;
+    assert!(
+        matches!(&frame, ServerFrame::Message { cid: Some(c), history: true, .. } if c == "k-1"),
+        "{frame:?}"
+    );
     a.close().await;
 
     let mut again = Peer::json(&url).await;
     assert!(matches!(again.frame().await, ServerFrame::Welcome { .. }));
-    // Replayed to a stranger, the message carries no cid...
+    // ...replayed to a stranger, none...
     let frame = again.frame().await;
     assert!(
         matches!(
@@ -436,7 +443,7 @@ async fn replayed_own_messages_carry_their_cid() {
         "{frame:?}"
     );
     assert!(matches!(again.frame().await, ServerFrame::Joined { .. }));
-    // ...replayed to its author, it does.
+    // ...and none to whoever takes the nick next.
     again.send(r#"{"type":"nick","nick":"kim"}"#).await;
     let _ = again.frame().await; // renamed
     again
@@ -444,7 +451,14 @@ async fn replayed_own_messages_carry_their_cid() {
         .await;
     let frame = again.frame().await;
     assert!(
-        matches!(&frame, ServerFrame::Message { cid: Some(c), history: true, .. } if c == "k-1"),
+        matches!(
+            &frame,
+            ServerFrame::Message {
+                cid: None,
+                history: true,
+                ..
+            }
+        ),
         "{frame:?}"
     );
     server.stop().await;

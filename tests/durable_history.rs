@@ -207,7 +207,7 @@ async fn a_database_from_a_newer_version_is_refused() {
     drop(conn);
     assert_refused(
         &db,
-        "its schema version 99 is newer than this server's (1); upgrade wschat",
+        "its schema version 99 is newer than this server's (2); upgrade wschat",
     )
     .await;
 }
@@ -531,5 +531,46 @@ async fn database_files_deleted_while_it_runs_are_noticed_and_writes_refused() {
         }
         server.signal("TERM");
         assert_eq!(server.exit_code().await, 0, "{deleted}");
+    }
+}
+
+#[tokio::test]
+async fn a_file_of_the_first_schema_is_migrated_with_its_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("chat.db");
+    let conn = rusqlite::Connection::open(&db).expect("create");
+    conn.execute_batch(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+         CREATE TABLE rooms (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, last_id INTEGER NOT NULL);
+         CREATE TABLE messages (
+             room INTEGER NOT NULL REFERENCES rooms(id), id INTEGER NOT NULL, ts INTEGER NOT NULL,
+             nick TEXT NOT NULL, text TEXT NOT NULL, cid TEXT, PRIMARY KEY (room, id)
+         ) WITHOUT ROWID;
+         INSERT INTO meta VALUES ('epoch', 77);
+         INSERT INTO rooms VALUES (1, 'lobby', 2);
+         INSERT INTO messages VALUES (1, 1, 1000, 'kim', 'one', 'k1');
+         INSERT INTO messages VALUES (1, 2, 2000, 'kim', 'two', NULL);
+         PRAGMA user_version = 1;",
+    )
+    .expect("a version 1 file");
+    drop(conn);
+    let (_server, url) = spawn_server(&["--db", db.to_str().expect("utf-8")]).await;
+    let (mut kim, epoch) = json_peer(&url, "kim").await;
+    assert_eq!(epoch, 77);
+    assert_eq!(
+        replay_after(&mut kim, 0).await,
+        [(1, "one".to_owned()), (2, "two".to_owned())]
+    );
+    // A message from before knows no sender connection: its cid is no one's
+    // to get back, but a retry of it is still the original.
+    kim.send(&say("one", "k1")).await;
+    match outcome(&mut kim).await {
+        ServerFrame::Message { id, cid, .. } => assert_eq!((id, cid.as_deref()), (1, Some("k1"))),
+        other => panic!("expected the original, got {other:?}"),
+    }
+    kim.send(&say("three", "k3")).await;
+    match outcome(&mut kim).await {
+        ServerFrame::Message { id, .. } => assert_eq!(id, 3),
+        other => panic!("expected an acknowledgement, got {other:?}"),
     }
 }

@@ -10,7 +10,9 @@ use common::within;
 use wschat::config::DbSync;
 use wschat::server::ConnId;
 use wschat::server::fanout::{Bounds, Fanout, MemoryFanout, RoomFeed};
-use wschat::server::history::{History, MemoryHistory, NewMessage, Since, SqliteHistory, Stamp};
+use wschat::server::history::{
+    Appended, History, MemoryHistory, NewMessage, Since, SqliteHistory, Stamp,
+};
 use wschat::server::metrics::BackendMetrics;
 
 const ORIGIN: ConnId = ConnId { node: 7, seq: 1 };
@@ -41,7 +43,14 @@ fn message(room: &str, text: &str) -> NewMessage {
 }
 
 async fn append(history: &dyn History, room: &str, text: &str) -> Stamp {
-    within("append", history.append(message(room, text)))
+    match append_message(history, message(room, text)).await {
+        Appended::New(stamp) => stamp,
+        repeat => panic!("expected a new message, got {repeat:?}"),
+    }
+}
+
+async fn append_message(history: &dyn History, message: NewMessage) -> Appended {
+    within("append", history.append(message))
         .await
         .expect("append")
 }
@@ -115,6 +124,33 @@ async fn suite(history: &dyn History, fanout: &dyn Fanout) {
         ),
         (4, "alice", "m4", Some("c-m4"))
     );
+    assert_eq!(stored.origin, Some(ORIGIN));
+
+    // A retry (the same sender, in any case, and the same cid) is the
+    // original: stored and published no second time.
+    let with_cid = |from: &str, text: &str| NewMessage {
+        from: from.into(),
+        ..message("lobby", text)
+    };
+    let retry = NewMessage {
+        cid: Some("c-m4".into()),
+        ..with_cid("ALICE", "m4 again")
+    };
+    match append_message(history, retry).await {
+        Appended::Repeat(original) => assert_eq!(
+            (original.id, &*original.text, original.cid.as_deref()),
+            (4, "m4", Some("c-m4"))
+        ),
+        new => panic!("expected the original, got {new:?}"),
+    }
+    // Another sender's cid is its own: bob's "c-m4" is a new message, and
+    // the next one the room hears.
+    let bobs = NewMessage {
+        cid: Some("c-m4".into()),
+        ..with_cid("bob", "bob's")
+    };
+    assert_eq!(append_message(history, bobs).await.id(), 6);
+    assert_eq!(receive(&mut lobby, 1).await, [6]);
 
     // One epoch, the same for every read of every room.
     let epoch = page.epoch;
@@ -256,7 +292,7 @@ async fn sqlite_history_stores_3000_concurrent_appends_under_their_ids() {
         .into_iter()
         .enumerate()
         .filter(|(n, _)| n % 2 == 0)
-        .map(|(n, stamp)| (stamp.expect("stored").id, n.to_string()))
+        .map(|(n, stamp)| (stamp.expect("stored").id(), n.to_string()))
         .collect();
 
     check_both_rooms(&history, &lobby).await;

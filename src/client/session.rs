@@ -55,6 +55,10 @@ pub(super) struct Client<'o> {
     outbox: VecDeque<ClientFrame>,
     /// Messages sent but not yet acknowledged, by cid, oldest first.
     unacked: Vec<(String, ClientFrame)>,
+    /// Cids of messages the server could not store yet, already told: they
+    /// are sent again (with the same cid, so one that was stored after all
+    /// is not stored twice) without saying so again.
+    retrying: std::collections::HashSet<String>,
     cid_prefix: String,
     next_cid: u64,
     /// Set at end of input: when to give up waiting for acknowledgements.
@@ -106,6 +110,7 @@ impl<'o> Client<'o> {
             last_seen: HashMap::new(),
             outbox: VecDeque::new(),
             unacked: Vec::new(),
+            retrying: std::collections::HashSet::new(),
             cid_prefix: format!("{:08x}", fastrand::u32(..)),
             next_cid: 0,
             eof_deadline: None,
@@ -650,6 +655,7 @@ impl<'o> Client<'o> {
             } => {
                 if let Some(cid) = cid {
                     self.unacked.retain(|(c, _)| c != cid);
+                    self.retrying.remove(cid);
                     self.progress();
                 }
                 if syncing {
@@ -704,15 +710,20 @@ impl<'o> Client<'o> {
                 }
             }
             ServerFrame::Error {
-                code: ErrorCode::RateLimited,
+                code: code @ (ErrorCode::RateLimited | ErrorCode::Unavailable),
                 cid: Some(cid),
-                ..
+                text,
             } => {
-                // Sent too fast after all: queue it again and wait a moment.
+                // Sent too fast after all, or not stored: queue it again and
+                // wait a moment. The same cid makes a retry of a message that
+                // was stored after all its acknowledgement, not a copy.
                 if let Some(at) = self.unacked.iter().position(|(c, _)| c == cid) {
                     let (_, frame) = self.unacked.remove(at);
                     self.outbox.push_front(frame);
                     self.pace_at = Some(Instant::now() + Duration::from_secs(1));
+                    if *code == ErrorCode::Unavailable && self.retrying.insert(cid.clone()) {
+                        self.print_at(&format!("! {text} yet; sending it again"), None);
+                    }
                     return;
                 }
             }

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::fanout::{Delivery, RoomFeed};
 use super::handshake::Hello;
-use super::history::{NewMessage, Page, Since};
+use super::history::{Appended, NewMessage, Page, Since};
 use super::presence::{Mailbox, Member, PrivateMessage};
 use super::{ConnId, Shared};
 use crate::limit::TokenBucket;
@@ -29,8 +29,20 @@ use crate::protocol::{
 /// Answers for the connection that sent a command, in order.
 pub(super) type Replies = Vec<ServerFrame>;
 
-/// What storing a chat message came to: its id, or the error to send back.
-pub(super) type Stored = Result<u64, ServerFrame>;
+/// What storing a chat message came to: its id (its acknowledgement comes
+/// through the room feed), the acknowledgement itself (a retry of a message
+/// stored before: nothing comes through the feed), or the error to send back.
+pub(super) type Stored = Result<Acknowledgement, ServerFrame>;
+
+/// How a stored chat message is acknowledged to its sender.
+#[derive(Debug)]
+pub(super) enum Acknowledgement {
+    /// Stored under this id: its own copy, with its cid, comes through the feed.
+    ThroughFeed(u64),
+    /// A retry of a message stored before: this frame (the original, with
+    /// the cid) answers it, as nothing comes through the feed.
+    Now(ServerFrame),
+}
 
 /// A chat message being stored.
 pub(super) type Storing = Pin<Box<dyn Future<Output = Stored> + Send>>;
@@ -295,8 +307,7 @@ impl Conn {
                 break;
             }
             bytes += message.text.len() + message.from.len() + REPLAY_FRAME_OVERHEAD;
-            let own = message.from.eq_ignore_ascii_case(&self.nick);
-            out.push(message.frame(&self.room, own));
+            out.push(message.frame(&self.room, self.id));
             last = Some(message.id);
         }
         self.replay = match (full_at, last) {
@@ -360,8 +371,7 @@ impl Conn {
                 match read(shared, &self.room, Since::Before(before), limit).await {
                     Ok(page) => {
                         for message in &page.messages {
-                            let own = message.from.eq_ignore_ascii_case(&self.nick);
-                            out.push(message.frame(&self.room, own));
+                            out.push(message.frame(&self.room, self.id));
                         }
                         out.push(ServerFrame::Older {
                             room: self.room.to_string(),
@@ -382,7 +392,10 @@ impl Conn {
     /// mode), or its error answered.
     pub fn on_stored(&mut self, stored: Stored, out: &mut Replies) {
         match stored {
-            Ok(id) if self.mode == Mode::Json => self.acks.stored(id),
+            Ok(Acknowledgement::ThroughFeed(id)) if self.mode == Mode::Json => {
+                self.acks.stored(id);
+            }
+            Ok(Acknowledgement::Now(frame)) if self.mode == Mode::Json => out.push(frame),
             Ok(_) => {}
             Err(reply) => out.push(reply),
         }
@@ -401,8 +414,8 @@ impl Conn {
             let acked = page
                 .messages
                 .iter()
-                .filter(|m| awaiting.contains(&m.id) && m.from.eq_ignore_ascii_case(&self.nick));
-            out.extend(acked.map(|m| m.frame(&self.room, true)));
+                .filter(|m| awaiting.contains(&m.id) && m.origin == Some(self.id));
+            out.extend(acked.map(|m| m.frame(&self.room, self.id)));
         }
     }
 
@@ -432,13 +445,24 @@ impl Conn {
             cid: cid.clone(),
         };
         let history = shared.history.clone();
+        let room = self.room.clone();
         let stored = shared.metrics.messages_total.clone();
         let mut storing: Storing = Box::pin(async move {
             match history.append(message).await {
-                Ok(stamp) => {
+                Ok(Appended::New(stamp)) => {
                     stored.inc();
-                    Ok(stamp.id)
+                    Ok(Acknowledgement::ThroughFeed(stamp.id))
                 }
+                // The sender's acknowledgement, as the original's would have been.
+                Ok(Appended::Repeat(original)) => Ok(Acknowledgement::Now(ServerFrame::Message {
+                    id: original.id,
+                    room: room.to_string(),
+                    from: original.from,
+                    text: original.text,
+                    ts: original.ts,
+                    cid: original.cid,
+                    history: false,
+                })),
                 Err(err) => {
                     let rejection = Rejection::new(
                         ErrorCode::Unavailable,

@@ -133,6 +133,12 @@ impl RedisLink {
         format!("{}:{{{room}}}:meta", self.prefix)
     }
 
+    /// A room's recent messages' senders and cids (`NICK\nCID`, scored by
+    /// id), to know a retry from a new message.
+    pub fn cids(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:cids", self.prefix)
+    }
+
     /// The chat's epoch, which every room's meta takes when created.
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)

@@ -65,6 +65,16 @@ impl RedisServer {
     }
 
     /// Kills it (as a crash would), losing everything it held.
+    /// Sends redis-server a signal by name (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     pub async fn kill(mut self) -> u16 {
         let _ = self.child.kill().await;
         self.port

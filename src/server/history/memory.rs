@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{BoxFuture, History, HistoryError, NewMessage, Page, Since, Stamp, Stored};
+use super::{Appended, BoxFuture, History, HistoryError, NewMessage, Page, Since, Stamp, Stored};
 use crate::protocol::now_ms;
 use crate::server::fanout::{Delivery, Fanout};
 use crate::server::lock;
@@ -62,15 +62,28 @@ fn stored(delivery: &Delivery) -> Option<Stored> {
             from: from.clone(),
             text: text.clone(),
             cid: delivery.cid.clone(),
+            origin: Some(delivery.origin),
         }),
         _ => None,
     }
 }
 
 impl History for MemoryHistory {
-    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Stamp, HistoryError>> {
+    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Appended, HistoryError>> {
         let mut rooms = lock(&self.rooms);
         let log = rooms.entry(message.room.clone()).or_default();
+        if message.cid.is_some() {
+            // Newest first: a retry comes soon after its original.
+            let original = log
+                .kept
+                .iter()
+                .rev()
+                .filter(|d| d.cid == message.cid)
+                .find_map(|d| stored(d).filter(|s| s.retried_by(&message)));
+            if let Some(original) = original {
+                return Box::pin(std::future::ready(Ok(Appended::Repeat(original))));
+            }
+        }
         log.last_id += 1;
         log.last_append = Instant::now();
         let stamp = Stamp {
@@ -87,7 +100,7 @@ impl History for MemoryHistory {
         }
         // Published under the lock, so the room's messages go out in id order.
         self.fanout.publish(&room, delivery);
-        Box::pin(std::future::ready(Ok(stamp)))
+        Box::pin(std::future::ready(Ok(Appended::New(stamp))))
     }
 
     fn read(
@@ -203,7 +216,7 @@ mod tests {
             .append(message("quiet", "two"))
             .await
             .expect("stored");
-        assert_eq!(stamp.id, 2);
+        assert_eq!(stamp.id(), 2);
         // Not idle long enough: kept.
         history.forget_idle(Duration::from_secs(3600), &|_| false);
         let quiet = history

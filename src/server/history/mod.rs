@@ -32,12 +32,15 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// after the message is stored and in id order, so no one ever receives a
 /// message that is not stored and every member sees a room's messages in order.
 pub trait History: Send + Sync + fmt::Debug {
-    /// Stores `message`, gives it the room's next id, then publishes it.
+    /// Stores `message`, gives it the room's next id, then publishes it;
+    /// unless it is a retry: a message with the `cid` of one its sender
+    /// (the same nick, in any case) stored in the room before, still kept,
+    /// which is stored and published no second time.
     ///
     /// # Errors
     /// [`HistoryError::Unavailable`] when it could not be stored; nothing is
     /// published then.
-    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Stamp, HistoryError>>;
+    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Appended, HistoryError>>;
 
     /// The room's stored messages: the most recent ones, or those after an
     /// id (at most `limit`), oldest first, with the room's epoch.
@@ -111,6 +114,26 @@ impl NewMessage {
     }
 }
 
+/// What came of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored and published under this stamp.
+    New(Stamp),
+    /// A retry of a message stored before (same sender, same cid): this
+    /// is the original, and nothing was stored or published.
+    Repeat(Stored),
+}
+
+impl Appended {
+    /// The message's id, new or original.
+    pub fn id(&self) -> u64 {
+        match self {
+            Appended::New(stamp) => stamp.id,
+            Appended::Repeat(original) => original.id,
+        }
+    }
+}
+
 /// What storing a message gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -133,13 +156,26 @@ pub struct Stored {
     pub text: String,
     /// The sender's client id.
     pub cid: Option<String>,
+    /// The connection that sent it, where the store keeps it: only that
+    /// connection is given the cid back.
+    pub origin: Option<ConnId>,
 }
 
 impl Stored {
-    /// The message as a history replay frame for `room`. A client gets its
-    /// own messages back with their cid (`own`), which is how a resuming
-    /// client learns which of its sends were stored.
-    pub fn frame(&self, room: &str, own: bool) -> ServerFrame {
+    /// Whether `message` is a retry of this one: the same cid from the same
+    /// sender (nicks compare without case, as they are unique so).
+    pub fn retried_by(&self, message: &NewMessage) -> bool {
+        message.cid.is_some()
+            && self.cid == message.cid
+            && self.from.eq_ignore_ascii_case(&message.from)
+    }
+
+    /// The message as a history replay frame for `room`, as connection
+    /// `reader` gets it: with its cid only if it sent the message, which is
+    /// how a client learns which of its sends were stored, and no one
+    /// else's cids.
+    pub fn frame(&self, room: &str, reader: ConnId) -> ServerFrame {
+        let own = self.origin == Some(reader);
         ServerFrame::Message {
             id: self.id,
             room: room.to_owned(),

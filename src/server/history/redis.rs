@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use redis::streams::StreamRangeReply;
 
-use super::{BoxFuture, History, HistoryError, NewMessage, Page, Since, Stamp, Stored};
+use super::{Appended, BoxFuture, History, HistoryError, NewMessage, Page, Since, Stamp, Stored};
 use crate::protocol::now_ms;
 use crate::server::fanout::parse_entry;
 use crate::server::redis::{Body, RedisLink, origin_field};
@@ -32,13 +32,26 @@ if not epoch then
 end
 ";
 
-/// KEYS: meta, log, the chat's epoch. ARGV: channel, new epoch, max
-/// length, origin, body.
+/// KEYS: meta, log, the chat's epoch, cids. ARGV: channel, new epoch, max
+/// length, origin, body, sender and cid (`nick\ncid`, or empty without a
+/// cid). A retry (a sender and cid the room holds) stores and publishes
+/// nothing and answers the original's id; the cids are kept as long as the
+/// log keeps their messages.
 const APPEND: &str = r"
+if ARGV[6] ~= '' then
+  local original = redis.call('ZSCORE', KEYS[4], ARGV[6])
+  if original then
+    return {tonumber(original), epoch, 1}
+  end
+end
 local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id .. '-0', 'o', ARGV[4], 'b', ARGV[5])
+if ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[4], id, ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', id - tonumber(ARGV[3]))
+end
 redis.call('PUBLISH', ARGV[1], 'm ' .. id .. ' ' .. epoch .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
-return {id, epoch}
+return {id, epoch, 0}
 ";
 
 /// Messages kept in Redis streams, shared by every node.
@@ -68,8 +81,14 @@ impl RedisHistory {
         HistoryError::Unavailable(format!("Redis: {err}"))
     }
 
-    async fn append_now(&self, message: NewMessage) -> Result<Stamp, HistoryError> {
+    async fn append_now(&self, message: NewMessage) -> Result<Appended, HistoryError> {
         let ts = now_ms();
+        // Nicks are unique without case, so a sender is its lower-case nick.
+        let sender = message
+            .cid
+            .as_ref()
+            .map(|cid| format!("{}\n{cid}", message.from.to_ascii_lowercase()))
+            .unwrap_or_default();
         let body = Body {
             from: message.from.to_string(),
             text: message.text,
@@ -84,20 +103,22 @@ impl RedisHistory {
         // EVAL, not EVALSHA: a script Redis does not know yet (after a
         // restart) would be retried after the sender's later messages, out
         // of order. Redis caches the compiled script either way.
-        let (id, _epoch): (u64, String) = self
+        let (id, _epoch, repeat): (u64, String, u8) = self
             .link
             .note(
                 redis::cmd("EVAL")
                     .arg(&self.append)
-                    .arg(3)
+                    .arg(4)
                     .arg(self.link.meta(room))
                     .arg(self.link.log(room))
                     .arg(self.link.epoch())
+                    .arg(self.link.cids(room))
                     .arg(self.link.channel(room))
                     .arg(ts)
                     .arg(self.keep)
                     .arg(origin_field(message.origin))
                     .arg(body)
+                    .arg(sender)
                     .query_async(&mut conn)
                     .await,
             )
@@ -106,7 +127,16 @@ impl RedisHistory {
             .metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
-        Ok(Stamp { id, ts })
+        if repeat == 0 {
+            return Ok(Appended::New(Stamp { id, ts }));
+        }
+        let original = self.read_now(room, Since::After(id - 1), 1).await?;
+        match original.messages.into_iter().next() {
+            Some(original) if original.id == id => Ok(Appended::Repeat(original)),
+            _ => Err(HistoryError::Unavailable(format!(
+                "message {id}, of which this is a retry, is no longer kept"
+            ))),
+        }
     }
 
     async fn read_now(&self, room: &str, since: Since, limit: usize) -> Result<Page, HistoryError> {
@@ -153,12 +183,13 @@ impl RedisHistory {
             .ids
             .iter()
             .filter_map(parse_entry)
-            .map(|(id, _, body)| Stored {
+            .map(|(id, origin, body)| Stored {
                 id,
                 ts: body.ts,
                 from: body.from,
                 text: body.text,
                 cid: body.cid,
+                origin: Some(origin),
             })
             .take(limit)
             .collect();
@@ -170,7 +201,7 @@ impl RedisHistory {
 }
 
 impl History for RedisHistory {
-    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Stamp, HistoryError>> {
+    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Appended, HistoryError>> {
         Box::pin(self.append_now(message))
     }
 

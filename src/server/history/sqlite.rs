@@ -28,15 +28,16 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::files::{DbLock, FileWatch, Tampered, real_path};
-use super::{BoxFuture, History, HistoryError, NewMessage, Page, Since, Stamp, Stored};
+use super::{Appended, BoxFuture, History, HistoryError, NewMessage, Page, Since, Stamp, Stored};
 use crate::config::DbSync;
 use crate::protocol::now_ms;
 use crate::server::fanout::{Delivery, Fanout};
 use crate::server::lock;
 use crate::server::metrics::BackendMetrics;
+use crate::server::redis::{origin_field, parse_origin};
 
 /// The schema this build writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// The page size of a new file, in bytes.
 const PAGE_SIZE: i64 = 1024;
 /// Appends that may wait for the writer before senders wait to queue.
@@ -77,6 +78,13 @@ const SCHEMA: &str = "
         cid TEXT,
         PRIMARY KEY (room, id)
     ) WITHOUT ROWID;
+";
+
+/// Version 2: each message's sending connection (only it gets the cid
+/// back), and an index to find a retry's original by its cid.
+const SCHEMA_2: &str = "
+    ALTER TABLE messages ADD COLUMN origin TEXT;
+    CREATE INDEX messages_by_cid ON messages (room, cid) WHERE cid IS NOT NULL;
 ";
 
 /// History in a SQLite file.
@@ -154,7 +162,7 @@ impl Health {
 }
 
 /// Where an append's outcome goes: its sender, waiting.
-type Done = oneshot::Sender<Result<Stamp, HistoryError>>;
+type Done = oneshot::Sender<Result<Appended, HistoryError>>;
 
 /// Stored messages on their way to their rooms and their senders.
 type Committed = Vec<(Arc<str>, Arc<Delivery>, Stamp, Done)>;
@@ -165,7 +173,7 @@ async fn publish(mut batches: mpsc::Receiver<Committed>, fanout: Arc<dyn Fanout>
     while let Some(batch) = batches.recv().await {
         for (room, delivery, stamp, done) in batch {
             fanout.publish(&room, delivery);
-            let _ = done.send(Ok(stamp));
+            let _ = done.send(Ok(Appended::New(stamp)));
         }
     }
 }
@@ -322,6 +330,9 @@ fn migrate(conn: &mut Connection) -> Result<(), HistoryError> {
             "INSERT INTO meta (key, value) VALUES ('epoch', ?1)",
             params![now_ms() as i64],
         )?;
+    }
+    if version < 2 {
+        tx.execute_batch(SCHEMA_2)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
@@ -491,20 +502,28 @@ impl Writer {
             .latency
             .observe(started.elapsed().as_secs_f64());
         match written {
-            Ok((stamps, touched)) => {
+            Ok((outcomes, touched)) => {
                 if touched.iter().any(|(_, row)| row.past(self.retain)) {
                     self.prune_due.store(true, Ordering::Relaxed);
                 }
                 self.rooms.extend(touched);
-                self.report.count(stamps.len());
                 self.health.recover();
-                let committed = batch
-                    .into_iter()
-                    .zip(stamps)
-                    .map(|((message, done), stamp)| {
-                        (message.room.clone(), message.delivery(stamp), stamp, done)
-                    })
-                    .collect();
+                let mut committed = Vec::with_capacity(batch.len());
+                for ((message, done), outcome) in batch.into_iter().zip(outcomes) {
+                    match outcome {
+                        Appended::New(stamp) => committed.push((
+                            message.room.clone(),
+                            message.delivery(stamp),
+                            stamp,
+                            done,
+                        )),
+                        // Nothing to publish: the original was, when it was stored.
+                        repeat @ Appended::Repeat(_) => {
+                            let _ = done.send(Ok(repeat));
+                        }
+                    }
+                }
+                self.report.count(committed.len());
                 // Only fails when the runtime is gone, and then nobody waits.
                 let _ = self.committed.blocking_send(committed);
             }
@@ -519,19 +538,22 @@ impl Writer {
         }
     }
 
-    /// The transaction itself. The rooms it touched are returned rather than
-    /// changed in place, so a failed transaction leaves the ids as they were.
+    /// The transaction itself: each message stored, or found to be a retry
+    /// of one stored before (by its sender and cid, in the room's kept
+    /// messages, this batch's included). The rooms it touched are returned
+    /// rather than changed in place, so a failed transaction leaves the ids
+    /// as they were.
     fn write(
         &mut self,
         batch: &[(NewMessage, Done)],
         ts: u64,
-    ) -> rusqlite::Result<(Vec<Stamp>, HashMap<String, RoomRow>)> {
+    ) -> rusqlite::Result<(Vec<Appended>, HashMap<String, RoomRow>)> {
         let tx = self.conn.transaction()?;
         let mut touched: HashMap<String, RoomRow> = HashMap::new();
-        let mut stamps = Vec::with_capacity(batch.len());
+        let mut outcomes = Vec::with_capacity(batch.len());
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (room, id, ts, nick, text, cid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO messages (room, id, ts, nick, text, cid, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for (message, _) in batch {
                 let row = match touched.get_mut(&*message.room) {
@@ -554,6 +576,10 @@ impl Writer {
                         touched.entry(message.room.to_string()).or_insert(row)
                     }
                 };
+                if let Some(original) = original_of(&tx, row.key, message)? {
+                    outcomes.push(Appended::Repeat(original));
+                    continue;
+                }
                 row.last_id += 1;
                 let stamp = Stamp {
                     id: row.last_id,
@@ -565,13 +591,14 @@ impl Writer {
                     ts as i64,
                     &*message.from,
                     message.text,
-                    message.cid
+                    message.cid,
+                    origin_field(message.origin),
                 ])?;
-                stamps.push(stamp);
+                outcomes.push(Appended::New(stamp));
             }
         }
         tx.commit()?;
-        Ok((stamps, touched))
+        Ok((outcomes, touched))
     }
 
     /// A small write, to learn whether the store works again.
@@ -646,7 +673,7 @@ pub(super) fn describe(err: &rusqlite::Error) -> String {
 }
 
 impl History for SqliteHistory {
-    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Stamp, HistoryError>> {
+    fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Appended, HistoryError>> {
         Box::pin(async move {
             let (done, answer) = oneshot::channel();
             let gone = || HistoryError::Unavailable("the history writer has stopped".into());
@@ -700,6 +727,40 @@ impl History for SqliteHistory {
     }
 }
 
+/// The stored message `message` is a retry of, if any: the newest in room
+/// `key` with its cid, from the same nick (in any case).
+fn original_of(
+    conn: &Connection,
+    key: i64,
+    message: &NewMessage,
+) -> rusqlite::Result<Option<Stored>> {
+    let Some(cid) = &message.cid else {
+        return Ok(None);
+    };
+    conn.prepare_cached(
+        "SELECT id, ts, nick, text, cid, origin FROM messages
+         WHERE room = ?1 AND cid = ?2 AND nick = ?3 COLLATE NOCASE ORDER BY id DESC LIMIT 1",
+    )?
+    .query_row(params![key, cid, &*message.from], stored_row)
+    .optional()
+}
+
+/// A `messages` row as `id, ts, nick, text, cid, origin`.
+fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    let origin: Option<String> = r.get(5)?;
+    Ok(Stored {
+        id: r.get::<_, i64>(0)? as u64,
+        ts: r.get::<_, i64>(1)? as u64,
+        from: r.get(2)?,
+        text: r.get(3)?,
+        cid: r.get(4)?,
+        origin: origin.and_then(|o| {
+            let (node, seq) = o.split_once(' ')?;
+            parse_origin(node, seq)
+        }),
+    })
+}
+
 fn read_page(
     conn: &Connection,
     room: &str,
@@ -714,19 +775,11 @@ fn read_page(
         return Ok(Vec::new());
     };
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let row = |r: &rusqlite::Row<'_>| {
-        Ok(Stored {
-            id: r.get::<_, i64>(0)? as u64,
-            ts: r.get::<_, i64>(1)? as u64,
-            from: r.get(2)?,
-            text: r.get(3)?,
-            cid: r.get(4)?,
-        })
-    };
+    let row = stored_row;
     match since {
         Since::Recent => {
             let mut statement = conn.prepare_cached(
-                "SELECT id, ts, nick, text, cid FROM messages WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
+                "SELECT id, ts, nick, text, cid, origin FROM messages WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
             let mut messages = statement
                 .query_map(params![key, limit], row)?
@@ -737,7 +790,7 @@ fn read_page(
         Since::Before(before) => {
             let before = i64::try_from(before).unwrap_or(i64::MAX);
             let mut statement = conn.prepare_cached(
-                "SELECT id, ts, nick, text, cid FROM messages WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+                "SELECT id, ts, nick, text, cid, origin FROM messages WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
             )?;
             let mut messages = statement
                 .query_map(params![key, before, limit], row)?
@@ -748,7 +801,7 @@ fn read_page(
         Since::After(after) => {
             let after = i64::try_from(after).unwrap_or(i64::MAX);
             let mut statement = conn.prepare_cached(
-                "SELECT id, ts, nick, text, cid FROM messages WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                "SELECT id, ts, nick, text, cid, origin FROM messages WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             )?;
             statement
                 .query_map(params![key, after, limit], row)?
