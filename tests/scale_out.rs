@@ -739,3 +739,111 @@ async fn starting_on_redis_logs_no_error_and_counts_none() {
         .expect("KEYS");
     assert!(keys.iter().all(|k| k.starts_with("wschat:")), "{keys:?}");
 }
+
+/// What a handshake asking for `nick` got: the nick, or the error that
+/// refused it (the connection is closed again either way unless it got it).
+async fn try_nick(url: &str, nick: &str) -> Result<Peer, ErrorCode> {
+    let mut peer = Peer::json(&format!("{url}/?nick={nick}")).await;
+    let ServerFrame::Welcome { nick: got, .. } = peer.frame().await else {
+        panic!("expected welcome");
+    };
+    if got == nick {
+        return Ok(peer);
+    }
+    let code = match wait_for(&mut peer, |f| matches!(f, ServerFrame::Error { .. })).await {
+        ServerFrame::Error { code, .. } => code,
+        _ => unreachable!(),
+    };
+    peer.close().await;
+    Err(code)
+}
+
+#[tokio::test]
+async fn a_nick_whose_lease_redis_lost_is_given_to_no_one_else() {
+    let redis = redis_or_skip!();
+    let (_a, url_a) = node(&redis).await;
+    let (_b, url_b) = node(&redis).await;
+    let (mut alice, _) = join_as(&url_a, "alice", "lobby").await;
+    let (mut bob, _) = join_as(&url_b, "bob", "lobby").await;
+    assert_eq!(who(&mut bob).await, ["alice", "bob"]);
+
+    // Redis restarts without its data: alice's lease is gone.
+    let port = redis.kill().await;
+    let _redis = RedisServer::on_port(port).await;
+    // Someone on node b tries for her nick at once, and keeps trying until
+    // the servers have sorted out who holds what: never does it get it.
+    within("the nick to be refused as taken", async {
+        loop {
+            match try_nick(&url_b, "alice").await {
+                Ok(_) => panic!("node b gave away alice's nick"),
+                Err(ErrorCode::NickTaken) => return,
+                Err(code) => {
+                    assert_eq!(code, ErrorCode::Unavailable);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+    .await;
+    // Bob's private message reaches alice, the one alice there is.
+    within("one alice", async {
+        while who(&mut bob).await != ["alice", "bob"] {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    bob.send(r#"{"type":"private","to":"alice","text":"it's me"}"#)
+        .await;
+    match wait_for(&mut alice, |f| matches!(f, ServerFrame::Private { .. })).await {
+        ServerFrame::Private { from, text, .. } => {
+            assert_eq!((from.as_str(), text.as_str()), ("bob", "it's me"));
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn a_later_claimant_of_a_nick_redis_lost_is_closed_when_its_holder_claims_it_again() {
+    let redis = redis_or_skip!();
+    // Alice's node beats every 5 s, so it has not claimed her nick again
+    // yet when a node started after Redis lost its data gives it out.
+    let (_a, url_a) = node_with(&redis, &["--presence-ttl", "20"]).await;
+    let (mut alice, _) = join_as(&url_a, "alice", "lobby").await;
+    let port = redis.kill().await;
+    let redis = RedisServer::on_port(port).await;
+    let (_b, url_b) = node_with(&redis, &["--presence-ttl", "20"]).await;
+    match try_nick(&url_b, "alice").await {
+        Ok(mut eve) => {
+            // When alice's node claims her nick again, the later claim loses.
+            assert_eq!(
+                eve.closed().await,
+                (
+                    1013,
+                    "your nick is held by an earlier connection".to_owned()
+                )
+            );
+        }
+        // Alice's node beat in between: it is hers already, or being sorted out.
+        Err(code) => assert!(
+            matches!(code, ErrorCode::NickTaken | ErrorCode::Unavailable),
+            "{code:?}"
+        ),
+    }
+    // Either way alice keeps it, and no one else gets it.
+    within("alice's nick to be hers again", async {
+        loop {
+            match try_nick(&url_b, "alice").await {
+                Ok(_) => panic!("alice's nick was given away"),
+                Err(ErrorCode::NickTaken) => return,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    alice.send(r#"{"type":"who"}"#).await;
+    wait_for(
+        &mut alice,
+        |f| matches!(f, ServerFrame::Members { nicks, .. } if nicks.contains(&"alice".to_owned())),
+    )
+    .await;
+}

@@ -163,7 +163,7 @@ pub async fn open_backends(config: &ServerConfig, node: u64) -> Result<Backends>
         let fanout: Arc<dyn Fanout> = fanout;
         let history = Arc::new(RedisHistory::new(link.clone(), config.history));
         let ttl = Duration::from_secs(config.presence_ttl);
-        let presence = RedisPresence::start(link, fanout.clone(), inbox, ttl);
+        let presence = RedisPresence::start(link, fanout.clone(), inbox, ttl).await;
         return Ok((fanout, history, presence, Some(backend)));
     }
     let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.room_bounds()));

@@ -183,6 +183,12 @@ impl RedisLink {
     }
 
     /// A node's connections: `SEQ` -> `room\tnick`, for cleaning up after it.
+    /// Set for a while after a node found Redis had lost its data: no free
+    /// nick is given out until every node has claimed its own again.
+    pub fn recovering(&self) -> String {
+        format!("{}:recovering", self.prefix)
+    }
+
     pub fn node_members(&self, node: &str) -> String {
         format!("{}:node:{node}", self.prefix)
     }

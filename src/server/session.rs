@@ -347,6 +347,14 @@ impl<S: Transport> Session<S> {
                         self.close(NORMAL, "replaced by a new connection").await;
                         return Ended::Because("replaced by a new connection".into());
                     }
+                    if mailbox.usurped() {
+                        // Redis had lost the lease of its nick's earlier
+                        // holder, who claimed it again: a client that comes
+                        // back finds the nick taken.
+                        let why = "your nick is held by an earlier connection";
+                        self.close(TRY_AGAIN_LATER, why).await;
+                        return Ended::Because(why.into());
+                    }
                     mail.set(mailbox.posted.notified());
                     for text in mailbox.take() {
                         self.wire.push_text(text.as_bytes());

@@ -88,6 +88,11 @@ impl MemoryPresence {
         Some((member.nick.clone(), member.room.clone()))
     }
 
+    /// Connection `id`'s mailbox, if it is registered here.
+    pub(super) fn mailbox(&self, id: ConnId) -> Option<Arc<Mailbox>> {
+        self.lock().members.get(&id).map(|m| m.mailbox.clone())
+    }
+
     /// Connection `id`'s resume secret.
     pub(super) fn secret(&self, id: ConnId) -> Option<u128> {
         self.lock().members.get(&id).map(|m| m.secret)

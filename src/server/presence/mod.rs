@@ -149,6 +149,8 @@ pub struct Mailbox {
     pub posted: Notify,
     /// Set when a new connection took this one's place.
     replaced: AtomicBool,
+    /// Set when this connection's nick turned out to be another's.
+    usurped: AtomicBool,
 }
 
 impl Mailbox {
@@ -174,6 +176,18 @@ impl Mailbox {
     /// Whether a new connection took this one's place.
     pub fn replaced(&self) -> bool {
         self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// Tells the connection its nick was not free after all: an earlier
+    /// holder, whose lease Redis had lost, claimed it again (it then closes).
+    pub fn usurp(&self) {
+        self.usurped.store(true, Ordering::Relaxed);
+        self.posted.notify_one();
+    }
+
+    /// Whether the connection's nick turned out to be another's.
+    pub fn usurped(&self) -> bool {
+        self.usurped.load(Ordering::Relaxed)
     }
 
     /// Takes every waiting message, oldest first.

@@ -27,17 +27,31 @@ use crate::server::history::BoxFuture;
 use crate::server::redis::{RedisLink, node_name};
 use crate::server::{ConnId, lock};
 
-/// Takes a nick: KEYS nick key; ARGV value, ttl ms, owner prefix, secret.
-/// Returns false when another connection holds it (and the secret does not
-/// match), otherwise the previous value ('' if it was free).
+/// Takes a nick. KEYS: the nick, the live nodes, the recovery mark. ARGV:
+/// the lease's start (`NODE SEQ SECRET `), the nick, ttl ms, the owner
+/// prefix (`NODE SEQ `), the secret given, the node, now (ms).
+///
+/// Returns `{0, holder}` when another connection holds it (and the secret
+/// does not match); `{-1}` when the nick is free but Redis may have lost
+/// who held it (this node is not in the live set, or a recovery is under
+/// way): the holder's node has yet to claim it again; otherwise
+/// `{1, previous or '', lease}`. A lease records when its nick was claimed;
+/// the same client taking it over (the secret) keeps that time.
 const CLAIM: &str = r"
 local cur = redis.call('GET', KEYS[1])
-if cur and string.sub(cur, 1, #ARGV[3]) ~= ARGV[3] then
-  local secret = string.match(cur, '^%S+ %S+ (%S+) ')
-  if ARGV[4] == '' or secret ~= ARGV[4] then return false end
+local since = ARGV[7]
+if cur then
+  local secret, held = string.match(cur, '^%S+ %S+ (%S+) (%d+) ')
+  if string.sub(cur, 1, #ARGV[4]) ~= ARGV[4] and (ARGV[5] == '' or secret ~= ARGV[5]) then
+    return {0, cur}
+  end
+  since = held or since
+elseif not redis.call('ZSCORE', KEYS[2], ARGV[6]) or redis.call('EXISTS', KEYS[3]) == 1 then
+  return {-1, ''}
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return cur or ''
+local lease = ARGV[1] .. since .. ' ' .. ARGV[2]
+redis.call('SET', KEYS[1], lease, 'PX', ARGV[3])
+return {1, cur or '', lease}
 ";
 
 /// Frees a nick if its lease is still the owner's: KEYS nick; ARGV owner
@@ -52,8 +66,11 @@ end
 return -1
 ";
 
-/// Extends a lease if it is still ours, or takes it again if it lapsed:
-/// KEYS nick; ARGV value, ttl ms.
+/// Extends a lease if it is still ours, or takes it again if it lapsed
+/// (or Redis lost it): KEYS nick; ARGV lease, ttl ms. Returns 1 then. A
+/// lease another connection holds is taken back if that one claimed the
+/// nick later than ours did (after Redis lost our lease): its lease is
+/// returned, for its node to be told. Otherwise 0: ours is the later claim.
 const REFRESH: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
@@ -61,6 +78,12 @@ if cur == ARGV[1] then
 elseif not cur then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
+end
+local ours = tonumber(string.match(ARGV[1], '^%S+ %S+ %S+ (%d+) '))
+local theirs = tonumber(string.match(cur, '^%S+ %S+ %S+ (%d+) '))
+if ours and theirs and ours < theirs then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return cur
 end
 return 0
 ";
@@ -75,7 +98,8 @@ end
 return 0
 ";
 
-/// A nick lease's value: `NODE SEQ SECRET Nick`.
+/// A nick lease's value: `NODE SEQ SECRET SINCE Nick`, SINCE being when
+/// the nick was claimed (ms since the Unix epoch).
 struct Lease<'a> {
     node: &'a str,
     seq: u64,
@@ -85,12 +109,12 @@ struct Lease<'a> {
 
 impl<'a> Lease<'a> {
     fn parse(value: &'a str) -> Option<Self> {
-        let mut parts = value.splitn(4, ' ');
+        let mut parts = value.splitn(5, ' ');
         Some(Self {
             node: parts.next()?,
             seq: parts.next()?.parse().ok()?,
             secret: parts.next()?,
-            nick: parts.next()?,
+            nick: parts.nth(1)?,
         })
     }
 }
@@ -108,6 +132,9 @@ enum Letter {
     },
     /// Connection `seq` lost its nick to a resumed connection elsewhere.
     Replaced { seq: u64 },
+    /// Connection `seq` took a nick that was not free after all (Redis had
+    /// lost its lease, and its holder claimed it again): it is closed.
+    Usurped { seq: u64 },
 }
 
 /// Presence shared by every node through Redis.
@@ -130,9 +157,10 @@ pub struct RedisPresence {
 }
 
 impl RedisPresence {
-    /// Starts the node's presence: its heartbeat, its outbox writer, and
-    /// the reader of its inbox.
-    pub fn start(
+    /// Starts the node's presence: puts the node in the set of live nodes
+    /// (claims need it there), then starts its heartbeat, its outbox
+    /// writer, and the reader of its inbox.
+    pub async fn start(
         link: Arc<RedisLink>,
         fanout: Arc<dyn Fanout>,
         inbox: mpsc::Receiver<Vec<u8>>,
@@ -145,14 +173,16 @@ impl RedisPresence {
             ttl: ttl.max(Duration::from_secs(1)),
             leases: std::sync::Mutex::new(HashMap::new()),
             sizes: std::sync::Mutex::new(HashMap::new()),
-            claim: redis::Script::new(CLAIM),
             close: std::sync::Mutex::new(None),
+            claim: redis::Script::new(CLAIM),
             release: redis::Script::new(RELEASE),
         });
         let (close, closing) = mpsc::channel(1);
         *lock(&presence.close) = Some(close);
+        // Failing, it is tried again at the first beat.
+        let live = presence.stay_live().await.is_ok();
         tokio::spawn(presence.clone().write(closing));
-        tokio::spawn(presence.clone().beat());
+        tokio::spawn(presence.clone().beat(live));
         tokio::spawn(presence.clone().read_inbox(inbox));
         presence
     }
@@ -195,9 +225,9 @@ impl RedisPresence {
         let key = self.link.nick(&lower);
         let secret_hex = secret.map(|s| format!("{s:032x}")).unwrap_or_default();
         let own_secret = self.local_secret(id);
-        let value = format!("{}{own_secret:032x} {nick}", self.owner(id));
+        let start = format!("{}{own_secret:032x} ", self.owner(id));
         let mut conn = self.link.conn();
-        let mut previous = self.claim(&key, &value, id, &secret_hex).await?;
+        let mut previous = self.claim(&key, &start, &nick, id, &secret_hex).await?;
         if previous.is_none() {
             // Held by a connection of this node that has left (its lease
             // is released by the writer, which may not have run yet).
@@ -219,10 +249,10 @@ impl RedisPresence {
                     .map(|lease| lease.secret.to_owned()),
             };
             if let Some(secret) = gone {
-                previous = self.claim(&key, &value, id, &secret).await?;
+                previous = self.claim(&key, &start, &nick, id, &secret).await?;
             }
         }
-        let Some(previous) = previous else {
+        let Some((previous, value)) = previous else {
             return Err(Self::taken(&nick));
         };
         // Taken over from a connection on another node: tell it.
@@ -248,27 +278,52 @@ impl RedisPresence {
         Ok(old)
     }
 
-    /// Runs the claim script: `None` when another connection holds the nick.
+    /// Runs the claim script: `None` when another connection holds the
+    /// nick, else the previous lease (`""` if none) and the new one.
+    ///
+    /// # Errors
+    /// `unavailable` when Redis does not answer, or when the nick is free
+    /// but Redis may have lost who held it (see [`CLAIM`]).
     async fn claim(
         &self,
         key: &str,
-        value: &str,
+        start: &str,
+        nick: &str,
         id: ConnId,
         secret: &str,
-    ) -> Result<Option<String>, Rejection> {
+    ) -> Result<Option<(String, String)>, Rejection> {
         let mut conn = self.link.conn();
-        self.link
+        let answer: Vec<redis::Value> = self
+            .link
             .note(
                 self.claim
                     .key(key)
-                    .arg(value)
+                    .key(self.link.nodes())
+                    .key(self.link.recovering())
+                    .arg(start)
+                    .arg(nick)
                     .arg(self.ttl_ms())
                     .arg(self.owner(id))
                     .arg(secret)
+                    .arg(self.link.node_name())
+                    .arg(crate::protocol::now_ms())
                     .invoke_async(&mut conn)
                     .await,
             )
-            .map_err(|err| Self::unavailable(&err))
+            .map_err(|err| Self::unavailable(&err))?;
+        let text = |at: usize| match answer.get(at) {
+            Some(redis::Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => String::new(),
+        };
+        match answer.first() {
+            Some(redis::Value::Int(1)) => Ok(Some((text(1), text(2)))),
+            Some(redis::Value::Int(-1)) => Err(Rejection::new(
+                ErrorCode::Unavailable,
+                "Redis lost who holds which nick and the servers are claiming theirs again: \
+                 try again in a few seconds",
+            )),
+            _ => Ok(None),
+        }
     }
 
     /// The secret of a local connection (its lease carries it, so a
@@ -414,6 +469,24 @@ impl RedisPresence {
         Ok(nick.to_owned())
     }
 
+    /// Closes connection `seq` of this node, which holds a nick whose
+    /// earlier holder claimed it again: its lease is no longer its own
+    /// (so it is not released), and the connection ends with its nick.
+    fn usurped(&self, seq: u64) {
+        let id = ConnId {
+            node: self.link.node,
+            seq,
+        };
+        if lock(&self.leases).remove(&id).is_some()
+            && let Some(mailbox) = self.local.mailbox(id)
+        {
+            warn!(
+                "connection {seq} loses its nick to an earlier holder (Redis had lost the lease)"
+            );
+            mailbox.usurp();
+        }
+    }
+
     /// Reads what other nodes send to this one.
     async fn read_inbox(self: Arc<Self>, mut inbox: mpsc::Receiver<Vec<u8>>) {
         while let Some(payload) = inbox.recv().await {
@@ -438,6 +511,7 @@ impl RedisPresence {
                         mailbox.replace();
                     }
                 }
+                Ok(Letter::Usurped { seq }) => self.usurped(seq),
                 Err(err) => debug!("unreadable inbox message: {err}"),
             }
         }
@@ -550,23 +624,33 @@ impl RedisPresence {
     }
 
     /// The node's heartbeat: stays in the set of live nodes, refreshes its
-    /// nick leases, and cleans up after nodes that stopped beating.
-    async fn beat(self: Arc<Self>) {
-        let node = self.link.node_name();
+    /// nick leases, and cleans up after nodes that stopped beating. `live`:
+    /// the node is in the set already, so finding it missing means Redis
+    /// lost it.
+    async fn beat(self: Arc<Self>, live: bool) {
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut first = true;
+        let mut first = !live;
         loop {
             tick.tick().await;
             let now = crate::protocol::now_ms();
-            let until = now + self.ttl_ms() * 3 / 4;
             let mut conn = self.link.conn();
-            let added: redis::RedisResult<u64> = conn.zadd(self.link.nodes(), &node, until).await;
-            match self.link.note(added) {
+            match self.stay_live().await {
                 Ok(1) if !first => {
                     // This node was given up for dead, or Redis lost its
                     // data: write everything again.
                     warn!("this node was missing from Redis; registering its users again");
+                    // No free nick is given out until every node had a beat
+                    // to claim its own again (they beat every ttl/4).
+                    let marked: redis::RedisResult<()> = redis::cmd("SET")
+                        .arg(self.link.recovering())
+                        .arg(1)
+                        .arg("PX")
+                        .arg(self.ttl_ms() / 2)
+                        .arg("NX")
+                        .query_async(&mut conn)
+                        .await;
+                    let _ = self.link.note(marked);
                     self.link
                         .outbox
                         .resync
@@ -584,19 +668,66 @@ impl RedisPresence {
         }
     }
 
+    /// Extends this node's leases, claiming again those Redis lost; a
+    /// lease taken meanwhile by a later claimant is taken back (and the
+    /// claimant's node told), and a connection that is itself the later
+    /// claimant is closed.
+    /// Puts the node in the set of live nodes until three quarters of a
+    /// TTL from now; `Ok(1)` if it was not there.
+    async fn stay_live(&self) -> redis::RedisResult<u64> {
+        let until = crate::protocol::now_ms() + self.ttl_ms() * 3 / 4;
+        let mut conn = self.link.conn();
+        let added = conn
+            .zadd(self.link.nodes(), self.link.node_name(), until)
+            .await;
+        self.link.note(added)
+    }
+
     async fn refresh_leases(&self) {
-        let leases: Vec<(String, String)> = lock(&self.leases).values().cloned().collect();
+        let leases: Vec<(ConnId, String, String)> = lock(&self.leases)
+            .iter()
+            .map(|(id, (key, value))| (*id, key.clone(), value.clone()))
+            .collect();
         if leases.is_empty() {
             return;
         }
         let mut pipe = redis::pipe();
         let ttl = self.ttl_ms().to_string();
-        for (key, value) in &leases {
-            eval(&mut pipe, REFRESH, key, &[value, &ttl]);
+        for (_, key, value) in &leases {
+            // Each answer is wanted (not `eval`, which ignores it).
+            pipe.cmd("EVAL")
+                .arg(REFRESH)
+                .arg(1)
+                .arg(key)
+                .arg(value)
+                .arg(&ttl);
         }
         let mut conn = self.link.conn();
-        let refreshed: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
-        let _ = self.link.note(refreshed);
+        let refreshed: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
+        let Ok(refreshed) = self.link.note(refreshed) else {
+            return;
+        };
+        for ((id, _, _), answer) in leases.into_iter().zip(refreshed) {
+            match answer {
+                redis::Value::Int(0) => self.usurped(id.seq),
+                redis::Value::BulkString(displaced) => {
+                    let displaced = String::from_utf8_lossy(&displaced).into_owned();
+                    let Some(lease) = Lease::parse(&displaced) else {
+                        continue;
+                    };
+                    if lease.node == self.link.node_name() {
+                        self.usurped(lease.seq);
+                        continue;
+                    }
+                    let letter = Letter::Usurped { seq: lease.seq };
+                    let letter = serde_json::to_string(&letter).unwrap_or_default();
+                    let sent: redis::RedisResult<usize> =
+                        conn.publish(self.link.inbox(lease.node), letter).await;
+                    let _ = self.link.note(sent);
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Counts every room's members on other nodes: exactly for the rooms
