@@ -166,6 +166,29 @@ async fn fragments_make_one_message_with_control_frames_between_them() {
 }
 
 #[tokio::test]
+async fn endless_empty_fragments_are_a_message_too_big() {
+    // Each fragment costs at least 16 bytes of the 64 KiB message limit:
+    // a message of 4096 empty fragments is refused (it used to go on for
+    // ever, a core busy per connection), one of 100 one-byte fragments is fine.
+    let mut bench = Bench::open().await;
+    let mask = [5, 6, 7, 8];
+    let mut bytes = frame(false, 0, TEXT, b"", mask);
+    for _ in 0..100 {
+        bytes.extend(frame(false, 0, CONTINUATION, b"x", mask));
+    }
+    bytes.extend(frame(true, 0, CONTINUATION, b"", mask));
+    bench.raw.send_bytes(&bytes).await;
+    bench.delivered(&"x".repeat(100)).await;
+    let mut empty = frame(false, 0, TEXT, b"", mask);
+    let fragment = frame(false, 0, CONTINUATION, b"", mask);
+    for _ in 0..4096 {
+        empty.extend_from_slice(&fragment);
+    }
+    bench.raw.send_bytes(&empty).await;
+    bench.closed_with(1009).await;
+}
+
+#[tokio::test]
 async fn utf8_split_across_fragments_is_put_back_together() {
     let mut bench = Bench::open().await;
     let text = "héllo wörld 𝄞";

@@ -57,6 +57,10 @@ pub mod opcode {
 
 use opcode::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
 
+/// What one fragment of a message costs at least against the message's size
+/// limit, whatever its length (see [`FrameReader`]).
+pub const FRAGMENT_COST: u64 = 16;
+
 /// Parses the frames of one connection as its bytes arrive.
 ///
 /// A violation does not take back what came before it: messages completed
@@ -70,6 +74,9 @@ pub struct FrameReader {
     partial: Vec<u8>,
     /// A fragmented message being put together: whether it is text, and its bytes.
     message: Option<(bool, Vec<u8>)>,
+    /// What the message's fragments have cost so far, each at least
+    /// [`FRAGMENT_COST`] (so endless empty fragments are a message too big).
+    charged: u64,
     /// Parsed and not yet taken.
     ready: VecDeque<Incoming>,
     /// Why the input cannot be read any further, once it cannot; handed
@@ -85,6 +92,7 @@ impl FrameReader {
             max_bytes,
             partial: Vec::new(),
             message: None,
+            charged: 0,
             ready: VecDeque::new(),
             broken: None,
             ended: false,
@@ -178,14 +186,31 @@ impl FrameReader {
                 "control frames must be whole and short",
             ));
         }
+        // A fragment of a message (not a whole one, not a control frame)
+        // costs at least FRAGMENT_COST: parsing a frame costs something
+        // whatever it carries, and empty fragments could otherwise go on
+        // for ever without the message growing.
+        let fragment = !control && (!fin || opcode == CONTINUATION);
+        let charged = if fragment {
+            let before = if opcode == CONTINUATION { self.charged } else { 0 };
+            before.saturating_add(len.max(FRAGMENT_COST))
+        } else {
+            len
+        };
+        // Saturating: a 64-bit length may be anything up to u64::MAX.
         let buffered = self
             .message
             .as_ref()
             .map_or(0, |(_, bytes)| bytes.len() as u64);
-        // Saturating: a 64-bit length may be anything up to u64::MAX.
         let total = buffered.saturating_add(len);
         if total > self.max_bytes as u64 {
             return Err(Violation::TooBig(total));
+        }
+        if charged > self.max_bytes as u64 {
+            return Err(Violation::TooBig(charged));
+        }
+        if fragment {
+            self.charged = charged;
         }
         let len = len as usize;
         let Some(frame) = data.get(header..header + 4 + len) else {
