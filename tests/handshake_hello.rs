@@ -156,3 +156,24 @@ async fn a_new_connection_with_the_secret_takes_the_nick_over() {
         .await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_nick_in_the_handshake_costs_a_request_from_the_address_s_budget() {
+    // Three requests per 10 s from one address, in bursts of one.
+    let server = TestServer::with(|c| c.rate_per_ip = Some(3)).await;
+    let url = server.url();
+    let [mut watcher] = plain_peers(&url).await;
+    let mut first = Peer::json(&format!("{url}/?nick=churn1")).await;
+    let (nick, _, _) = welcome(&mut first).await;
+    assert_eq!(nick, "churn1");
+    watcher.expect("* churn1 joined lobby").await;
+    // The budget is spent: the next one starts with its address, and says why.
+    let mut second = Peer::json(&format!("{url}/?nick=churn2&room=elsewhere")).await;
+    let (nick, room, _) = welcome(&mut second).await;
+    assert_eq!((nick, room.as_str()), (second.name(), "lobby"));
+    assert_eq!(next_error(&mut second).await, ErrorCode::RateLimited);
+    watcher
+        .expect(&format!("* {} joined lobby", second.name()))
+        .await;
+    server.stop().await;
+}

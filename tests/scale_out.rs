@@ -847,3 +847,50 @@ async fn a_later_claimant_of_a_nick_redis_lost_is_closed_when_its_holder_claims_
     )
     .await;
 }
+
+#[tokio::test]
+async fn rooms_nobody_is_in_and_nothing_was_said_in_leave_no_key_behind() {
+    let redis = redis_or_skip!();
+    let (_a, url) = node(&redis).await;
+    let (mut watcher, _) = join_as(&url, "watcher", "lobby").await;
+    for n in 0..20 {
+        let (peer, _) = join_as(&url, &format!("v{n}"), &format!("room{n}")).await;
+        peer.close().await;
+    }
+    // The last visitor's departure is written once the watcher hears of it
+    // (it was in another room): ask Redis until the keys are gone.
+    let mut admin = redis.connection().await;
+    within("the rooms' keys to go", async {
+        loop {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("wschat:{room*")
+                .query_async(&mut admin)
+                .await
+                .expect("KEYS");
+            let rooms: Vec<String> = redis::cmd("SMEMBERS")
+                .arg("wschat:rooms")
+                .query_async(&mut admin)
+                .await
+                .expect("SMEMBERS");
+            if keys.is_empty() && rooms == ["lobby"] {
+                return;
+            }
+
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // A room read without being written keeps no epoch of its own, yet
+    // tells the chat's: the one its first message is stored under.
+    watcher.send(r#"{"type":"join","room":"quiet"}"#).await;
+    let (_, epoch) = join_as(&url, "reader", "quiet").await;
+    let said = said(&mut watcher, "first words").await;
+    assert_eq!(said, 1);
+    let room_epoch: u64 = redis::cmd("HGET")
+        .arg("wschat:{quiet}:meta")
+        .arg("epoch")
+        .query_async(&mut admin)
+        .await
+        .expect("HGET");
+    assert_eq!(room_epoch, epoch);
+}

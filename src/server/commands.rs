@@ -195,6 +195,23 @@ impl Conn {
         out: &mut Replies,
     ) -> Self {
         let mut refusals = Vec::new();
+        // What a handshake asks for costs a request from its address's
+        // budget, as the commands it stands for would: reconnecting with
+        // `?nick=` in a loop cannot make notices faster than commands could.
+        let asks = hello.nick.is_some() || hello.room.is_some();
+        let hello = if asks && !shared.admission.spend(peer.ip()) {
+            refusals.push(Rejection::new(
+                ErrorCode::RateLimited,
+                "rate limited: too many requests from your address; the nick and room \
+                 asked for in the handshake were not applied",
+            ));
+            Hello {
+                resume: hello.resume,
+                ..Hello::default()
+            }
+        } else {
+            hello
+        };
         let room: Arc<str> = match hello.room.as_deref().map(|room| open_room(room, shared)) {
             Some(Ok(room)) => room.into(),
             Some(Err(rejection)) => {

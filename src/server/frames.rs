@@ -192,7 +192,11 @@ impl FrameReader {
         // for ever without the message growing.
         let fragment = !control && (!fin || opcode == CONTINUATION);
         let charged = if fragment {
-            let before = if opcode == CONTINUATION { self.charged } else { 0 };
+            let before = if opcode == CONTINUATION {
+                self.charged
+            } else {
+                0
+            };
             before.saturating_add(len.max(FRAGMENT_COST))
         } else {
             len

@@ -32,6 +32,23 @@ if not epoch then
 end
 ";
 
+/// The epoch a read of a room tells: the room's, or the chat's (made if
+/// there is none) for a room that has stored nothing yet, which it then
+/// takes when its first message is stored. Nothing is written for the room:
+/// reading one leaves no key behind. KEYS: meta, log, the chat's epoch.
+/// ARGV: unused, new epoch.
+const READ_EPOCH: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = redis.call('GET', KEYS[3])
+  if not epoch then
+    epoch = ARGV[2]
+    redis.call('SET', KEYS[3], epoch)
+  end
+end
+return epoch
+";
+
 /// KEYS: meta, log, the chat's epoch, cids. ARGV: channel, new epoch, max
 /// length, origin, body, sender and cid (`nick\ncid`, or empty without a
 /// cid). A retry (a sender and cid the room holds) stores and publishes
@@ -60,8 +77,7 @@ pub struct RedisHistory {
     link: Arc<RedisLink>,
     /// The append script: [`EPOCH`], then [`APPEND`].
     append: String,
-    /// [`EPOCH`] alone, returning nothing.
-    ensure_epoch: String,
+
     /// Messages kept per room (approximately: streams are trimmed in whole nodes).
     keep: usize,
 }
@@ -72,7 +88,6 @@ impl RedisHistory {
         Self {
             link,
             append: format!("{EPOCH}{APPEND}"),
-            ensure_epoch: format!("{EPOCH}return 0"),
             keep: keep.max(1),
         }
     }
@@ -143,19 +158,15 @@ impl RedisHistory {
         let (meta, log) = (self.link.meta(room), self.link.log(room));
         let count = limit.max(1);
         let mut pipe = redis::pipe();
-        // Reading a room gives it an epoch if it has none, so the epoch a
-        // client is told stays the one its later messages carry.
         pipe.atomic()
             .cmd("EVAL")
-            .arg(&self.ensure_epoch)
+            .arg(READ_EPOCH)
             .arg(3)
             .arg(&meta)
             .arg(&log)
             .arg(self.link.epoch())
             .arg("")
-            .arg(now_ms())
-            .ignore()
-            .hget(&meta, "epoch");
+            .arg(now_ms());
         let newest_first = match since {
             Since::Recent => {
                 pipe.xrevrange_count(&log, "+", "-", count);

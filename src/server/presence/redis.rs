@@ -554,6 +554,13 @@ impl RedisPresence {
                 let field = Self::field(id);
                 if let Some((_, room)) = before {
                     pipe.hdel(self.link.members(room), &field).ignore();
+                    // A room left empty leaves nothing behind.
+                    eval(
+                        &mut pipe,
+                        FORGET_EMPTY,
+                        &self.link.rooms(),
+                        &[self.link.prefix(), room],
+                    );
                 }
                 match &now {
                     Some((nick, room)) => {
