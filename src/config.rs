@@ -50,6 +50,10 @@ pub mod defaults {
     pub const RETAIN: u64 = 100_000;
     /// `--redis-prefix`
     pub const REDIS_PREFIX: &str = "wschat";
+    /// `--ip-prefix-v4`
+    pub const IP_PREFIX_V4: u8 = 24;
+    /// `--ip-prefix-v6`
+    pub const IP_PREFIX_V6: u8 = 48;
     /// `--presence-ttl`, in seconds
     pub const PRESENCE_TTL: u64 = 30;
 }
@@ -126,6 +130,18 @@ pub struct ServerArgs {
     /// get HTTP 503. An address may also open this many per minute.
     #[arg(long, default_value_t = defaults::MAX_PER_IP)]
     pub max_per_ip: usize,
+
+    /// Client IPv4 addresses in one network of this many bits count as one
+    /// address for the per-address limits (--max-per-ip, --rate-per-ip, the
+    /// share of handshake places), so an attacker with a block of addresses
+    /// gets one share; 32 counts each address on its own.
+    #[arg(long, default_value_t = defaults::IP_PREFIX_V4, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub ip_prefix_v4: u8,
+
+    /// The same for IPv6: addresses in one network of this many bits are one
+    /// address; 128 counts each on its own.
+    #[arg(long, default_value_t = defaults::IP_PREFIX_V6, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub ip_prefix_v6: u8,
 
     /// Seconds between pings to each peer.
     #[arg(long, default_value_t = defaults::PING_INTERVAL)]
@@ -322,6 +338,7 @@ impl ServerArgs {
             max_rooms: self.max_rooms,
             room_ttl: self.room_ttl,
             max_per_ip: self.max_per_ip,
+            ip_prefixes: (self.ip_prefix_v4, self.ip_prefix_v6),
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
             handshake_timeout: self.handshake_timeout,
@@ -374,6 +391,8 @@ pub struct ServerConfig {
     /// Connections from one client address (0: no cap), and connections it
     /// may open per minute.
     pub max_per_ip: usize,
+    /// The IPv4 and IPv6 prefix lengths client addresses are grouped by.
+    pub ip_prefixes: (u8, u8),
     /// Seconds between pings.
     pub ping_interval: u64,
     /// Seconds of silence after which a peer is dropped.
@@ -433,6 +452,7 @@ impl Default for ServerConfig {
             max_rooms: defaults::MAX_ROOMS,
             room_ttl: defaults::ROOM_TTL,
             max_per_ip: defaults::MAX_PER_IP,
+            ip_prefixes: (defaults::IP_PREFIX_V4, defaults::IP_PREFIX_V6),
             ping_interval: defaults::PING_INTERVAL,
             idle_timeout: defaults::IDLE_TIMEOUT,
             handshake_timeout: defaults::HANDSHAKE_TIMEOUT,

@@ -328,18 +328,21 @@ async fn handshakes_beyond_the_cap_are_closed_at_once() {
         c.handshake_timeout = 60;
     })
     .await;
-    // Three addresses take the three places...
+    // Three networks take the three places, each with its request begun
+    // (a socket silent for long would give its place to a newcomer)...
     let mut waiting = Vec::new();
-    for host in 2..5 {
-        waiting.push(connect_from(server.addr, [127, 0, 0, host]).await);
+    for net in 2..5 {
+        let mut begun = connect_from(server.addr, [127, 0, net, 1]).await;
+        begun.write_all(b"GET /healthz").await.expect("write");
+        waiting.push(begun);
     }
     // ...so the next gets nothing at all: no place, no answer, long before
     // the minute the others may take.
-    assert_reset(try_connect_from(server.addr, [127, 0, 0, 5])).await;
+    assert_reset(try_connect_from(server.addr, [127, 0, 5, 1])).await;
     // A place frees when a handshake ends, however it ends.
     let mut first = waiting.remove(0);
     first
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .write_all(b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .expect("write");
     assert!(
@@ -366,11 +369,12 @@ async fn one_address_cannot_hold_every_handshake_place() {
         c.handshake_timeout = 60;
     })
     .await;
+    // One address is its /24: 127.0.9.1 and 127.0.9.2 are one.
     let mut silent = Vec::new();
-    for _ in 0..2 {
-        silent.push(connect_from(server.addr, [127, 0, 0, 9]).await);
+    for host in 1..=2 {
+        silent.push(connect_from(server.addr, [127, 0, 9, host]).await);
     }
-    assert_reset(try_connect_from(server.addr, [127, 0, 0, 9])).await;
+    assert_reset(try_connect_from(server.addr, [127, 0, 9, 3])).await;
     // Everyone else still gets in.
     assert_eq!(RawPeer::upgrade(server.addr, "/", &[]).await.0, 101);
     drop(silent);
@@ -409,7 +413,7 @@ async fn one_address_cannot_churn_through_connections() {
     // None is open now, and still the fourth is closed at once.
     assert_reset(TcpStream::connect(server.addr)).await;
     // Another address is not affected, and the operator sees the reset.
-    let mut other = connect_from(server.addr, [127, 0, 0, 7]).await;
+    let mut other = connect_from(server.addr, [127, 0, 7, 1]).await;
     other
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -851,5 +855,73 @@ async fn max_rooms_does_not_count_rooms_whose_history_is_on_disk() {
         until(&mut peer, &format!("* {name} joined r{n}")).await;
         peer.send("kept on disk").await;
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_sockets_from_many_networks_give_their_places_to_a_newcomer() {
+    // 16 places, 2 per network: eight /24s of silent sockets fill them all
+    // (more than the handshake timeout of an hour would ever clear).
+    let server = TestServer::with(|c| {
+        c.max_handshakes = 16;
+        c.handshake_timeout = 3600;
+    })
+    .await;
+    let mut silent = Vec::new();
+    for net in 1..=8u8 {
+        for host in 1..=2u8 {
+            silent.push(connect_from(server.addr, [127, 0, net, host]).await);
+        }
+    }
+    // A real user, from yet another network, gets in within a second (the
+    // sockets must have been silent for half a second to give way; until
+    // then a newcomer is turned away at once, and tries again).
+    let mut user = within("a place for the user", async {
+        loop {
+            if let Ok(Ok((ws, _))) = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                tokio_websockets::ClientBuilder::new()
+                    .uri(&server.url())
+                    .expect("uri")
+                    .connect(),
+            )
+            .await
+            {
+                return ws;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let welcome = within("the welcome", futures_util::StreamExt::next(&mut user))
+        .await
+        .and_then(Result::ok);
+    assert_eq!(welcome.as_ref().and_then(|m| m.as_text()), Some(WELCOME));
+    // The oldest silent socket gave its place up: it is closed.
+    let mut oldest = silent.remove(0);
+    let mut buf = [0u8; 16];
+    let read = within(
+        "the oldest silent socket to be closed",
+        oldest.read(&mut buf),
+    )
+    .await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let answer = common::metrics(server.addr).await;
+    assert!(
+        common::metric(&answer, "wschat_handshakes_evicted_total").unwrap_or(0.0) >= 1.0,
+        "{answer}"
+    );
+    // The next oldest (whose handshake began before the places ran short,
+    // so it has the whole hour) was not touched.
+    let mut next = silent.remove(0);
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(
+        read_to_end(&mut next)
+            .await
+            .starts_with(b"HTTP/1.1 200 OK\r\n")
+    );
+    drop((silent, user));
     server.stop().await;
 }

@@ -9,17 +9,23 @@
 //! cost a bounded number of places for at most `--handshake-timeout`, and
 //! never keep real users out of the chat.
 //!
-//! An address is an IPv4 address or an IPv6 /64 (what one home or one
-//! machine is usually given). Its budget (`--rate-per-ip`) is shared by all
-//! its connections and outlives them until it has refilled, so reconnecting
-//! does not reset it.
+//! An address is an IPv4 /24 or an IPv6 /48 (`--ip-prefix-v4`,
+//! `--ip-prefix-v6`): one attacker rarely has addresses in many such
+//! networks. Its budget (`--rate-per-ip`) is shared by all its connections
+//! and outlives them until it has refilled, so reconnecting does not reset it.
+//!
+//! When every handshake place is taken, a newcomer takes the place of the
+//! oldest handshake that has not sent a byte: a real client sends its
+//! request at once, so sockets held open in silence cannot keep it out.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::lock;
 use crate::limit::TokenBucket;
@@ -42,6 +48,26 @@ pub struct Admission {
     /// A full budget as each address starts with (`None`: no budget).
     budget: Option<TokenBucket>,
     addresses: Mutex<Addresses>,
+    /// How addresses are grouped: the prefix lengths of IPv4 and IPv6.
+    prefixes: (u8, u8),
+    /// Handshakes that have sent nothing yet, oldest first, with when
+    /// each arrived.
+    silent: Mutex<BTreeMap<u64, (Instant, Arc<Eviction>)>>,
+    next_arrival: AtomicU64,
+}
+
+/// How long a handshake may be silent before a newcomer may take its place:
+/// a real client sends its request within milliseconds of connecting, and
+/// one that is connecting now is not yet read.
+const SILENT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How a silent handshake is told to give its place up.
+#[derive(Debug, Default)]
+struct Eviction {
+    /// Set when its place went to a newcomer (its permit is then not given
+    /// back: the newcomer was given one in its stead).
+    evicted: AtomicBool,
+    token: CancellationToken,
 }
 
 /// What is known of each client address.
@@ -75,20 +101,30 @@ impl Address {
     }
 }
 
-/// The key an address is counted under: IPv4 as is (IPv4-mapped IPv6 too),
-/// IPv6 by its /64.
-fn address_key(ip: IpAddr) -> IpAddr {
+/// The key an address is counted under: its network of `v4` bits (IPv4,
+/// IPv4-mapped IPv6 too) or `v6` bits (IPv6).
+fn address_key(ip: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
     match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
+        IpAddr::V4(v4_ip) => IpAddr::V4(network_v4(v4_ip, v4)),
+        IpAddr::V6(v6_ip) => match v6_ip.to_ipv4_mapped() {
+            Some(mapped) => IpAddr::V4(network_v4(mapped, v4)),
             None => {
-                let [a, b, c, d, ..] = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+                let bits = u32::from(v6.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6_ip) & mask))
             }
         },
     }
 }
+
+fn network_v4(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let bits = u32::from(prefix.min(32));
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    Ipv4Addr::from(u32::from(ip) & mask)
+}
+
+/// Addresses are grouped as IPv4 /24 and IPv6 /48 unless told otherwise.
+pub const DEFAULT_PREFIXES: (u8, u8) = (24, 48);
 
 /// Why an upgrade was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +147,50 @@ impl Admission {
             max_per_ip,
             budget: None,
             addresses: Mutex::new(Addresses::default()),
+            prefixes: DEFAULT_PREFIXES,
+            silent: Mutex::new(BTreeMap::new()),
+            next_arrival: AtomicU64::new(0),
         }
+    }
+
+    /// Groups client addresses by networks of `v4` and `v6` bits (32 and
+    /// 128: each address on its own).
+    #[must_use]
+    pub fn with_prefixes(mut self, v4: u8, v6: u8) -> Self {
+        self.prefixes = (v4, v6);
+        self
+    }
+
+    fn key(&self, ip: IpAddr) -> IpAddr {
+        address_key(ip, self.prefixes)
+    }
+
+    /// Whether most handshake places are taken (handshakes then get less
+    /// time).
+    pub fn pressed(&self) -> bool {
+        self.handshakes.available_permits() < self.max_handshakes / 4
+    }
+
+    /// Gives the place of the oldest handshake that has sent nothing (for
+    /// [`SILENT_GRACE`] at least) to a newcomer: that handshake is told to close, and one more place is made
+    /// now for the newcomer (the evicted one's is not given back).
+    fn evict_silent(&self) -> bool {
+        let victim = {
+            let mut silent = lock(&self.silent);
+            match silent.first_key_value() {
+                Some((_, (since, _))) if since.elapsed() >= SILENT_GRACE => {
+                    silent.pop_first().map(|(_, (_, victim))| victim)
+                }
+                _ => None,
+            }
+        };
+        let Some(victim) = victim else {
+            return false;
+        };
+        victim.evicted.store(true, Ordering::Relaxed);
+        victim.token.cancel();
+        self.handshakes.add_permits(1);
+        true
     }
 
     /// Gives each address a budget of `rate` requests per 10 s, `burst` at
@@ -133,7 +212,8 @@ impl Admission {
             return true;
         };
         let mut addresses = lock(&self.addresses);
-        let address = addresses.by_key.entry(address_key(ip)).or_default();
+        let key = self.key(ip);
+        let address = addresses.by_key.entry(key).or_default();
         address
             .budget
             .get_or_insert_with(|| full.clone())
@@ -142,7 +222,8 @@ impl Admission {
 
     /// A new TCP connection from `ip`: its handshake place and its count
     /// against the address, or `None` (close it at once) when every
-    /// handshake place is taken, its address already holds a
+    /// handshake place is taken by one that has sent something already, its
+    /// address already holds a
     /// [`HANDSHAKE_SHARE`] of them, or has opened more than `--max-per-ip`
     /// connections per minute (in bursts of a quarter more). An address
     /// that holds `--max-per-ip` connections is let through to hear 503
@@ -156,7 +237,8 @@ impl Admission {
             addresses.by_key.retain(|_, a| !a.forgettable(now));
         }
         let max_per_ip = self.max_per_ip;
-        let address = addresses.by_key.entry(address_key(ip)).or_default();
+        let key = self.key(ip);
+        let address = addresses.by_key.entry(key).or_default();
         if address.handshake >= share {
             return None;
         }
@@ -170,16 +252,25 @@ impl Admission {
                 return None;
             }
         }
-        let permit = self.handshakes.clone().try_acquire_owned().ok()?;
+        let permit = match self.handshakes.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) if self.evict_silent() => self.handshakes.clone().try_acquire_owned().ok()?,
+            Err(_) => return None,
+        };
         address.connections += 1;
         address.handshake += 1;
         let crowded = self.max_per_ip > 0 && address.connections > self.max_per_ip;
         drop(addresses);
+        let arrival = self.next_arrival.fetch_add(1, Ordering::Relaxed);
+        let eviction = Arc::new(Eviction::default());
+        lock(&self.silent).insert(arrival, (Instant::now(), eviction.clone()));
         Some(Arriving {
             handshake: Some(HandshakePlace {
-                _permit: permit,
+                permit: Some(permit),
                 admission: self.clone(),
                 ip,
+                arrival,
+                eviction,
             }),
             presence: AddressCount {
                 admission: self.clone(),
@@ -194,8 +285,16 @@ impl Admission {
     fn open_from(&self, ip: IpAddr) -> usize {
         lock(&self.addresses)
             .by_key
-            .get(&address_key(ip))
+            .get(&self.key(ip))
             .map_or(0, |a| a.connections)
+    }
+
+    /// Makes every silent handshake `by` older.
+    #[cfg(test)]
+    fn age_silent(&self, by: std::time::Duration) {
+        for (since, _) in lock(&self.silent).values_mut() {
+            *since -= by;
+        }
     }
 
     /// Addresses remembered.
@@ -209,15 +308,25 @@ impl Admission {
 /// dropped.
 #[derive(Debug)]
 struct HandshakePlace {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     admission: Arc<Admission>,
     ip: IpAddr,
+    /// Its place in the line of silent handshakes.
+    arrival: u64,
+    eviction: Arc<Eviction>,
 }
 
 impl Drop for HandshakePlace {
     fn drop(&mut self) {
+        lock(&self.admission.silent).remove(&self.arrival);
+        if self.eviction.evicted.load(Ordering::Relaxed)
+            && let Some(permit) = self.permit.take()
+        {
+            // A newcomer was given a place of its own in this one's stead.
+            permit.forget();
+        }
         let mut addresses = lock(&self.admission.addresses);
-        if let Some(address) = addresses.by_key.get_mut(&address_key(self.ip)) {
+        if let Some(address) = addresses.by_key.get_mut(&self.admission.key(self.ip)) {
             address.handshake -= 1;
         }
     }
@@ -232,6 +341,27 @@ pub struct Arriving {
 }
 
 impl Arriving {
+    /// The first bytes of the request arrived: this handshake is no longer
+    /// silent, and keeps its place.
+    pub fn heard(&self) {
+        if let Some(place) = &self.handshake {
+            lock(&place.admission.silent).remove(&place.arrival);
+        }
+    }
+
+    #[cfg(test)]
+    fn eviction(&self) -> &Eviction {
+        &self.handshake.as_ref().expect("in its handshake").eviction
+    }
+
+    /// Completes when a newcomer took this silent handshake's place.
+    pub async fn evicted(&self) {
+        match &self.handshake {
+            Some(place) => place.eviction.token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// The handshake succeeded: take a connection slot, giving back the
     /// handshake place.
     ///
@@ -274,7 +404,7 @@ struct AddressCount {
 impl Drop for AddressCount {
     fn drop(&mut self) {
         let mut addresses = lock(&self.admission.addresses);
-        let key = address_key(self.ip);
+        let key = self.admission.key(self.ip);
         if let Some(address) = addresses.by_key.get_mut(&key) {
             address.connections -= 1;
             if address.forgettable(Instant::now()) {
@@ -295,8 +425,11 @@ mod tests {
     fn handshakes_are_capped_and_given_back() {
         let admission = Arc::new(Admission::new(2, 10, 0));
         let a = admission.arrive(HOME).expect("first");
-        let _b = admission.arrive(AWAY).expect("second");
-        let third: IpAddr = "10.0.0.3".parse().expect("ip");
+        let b = admission.arrive(AWAY).expect("second");
+        // Both have begun their requests: neither gives its place up.
+        a.heard();
+        b.heard();
+        let third: IpAddr = "10.0.3.3".parse().expect("ip");
         assert!(admission.arrive(third).is_none());
         let _a = a.admit().expect("admitted");
         assert!(admission.arrive(third).is_some());
@@ -358,17 +491,66 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_address_is_counted_by_its_64() {
+    fn addresses_are_counted_by_their_24_and_48() {
         let admission = Arc::new(Admission::new(10, 10, 1));
         let one: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
-        let other: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
-        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:ff:ffff::9".parse().expect("ip");
+        let elsewhere: IpAddr = "2001:db8:2::1".parse().expect("ip");
         let _in = admission.arrive(one).expect("one").admit().expect("in");
         assert_eq!(
             admission.arrive(other).expect("other").admit().err(),
             Some(Full::Address)
         );
         assert!(admission.arrive(elsewhere).expect("else").admit().is_ok());
+        let v4: IpAddr = "10.1.2.3".parse().expect("ip");
+        let neighbour: IpAddr = "10.1.2.200".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:10.1.2.9".parse().expect("ip");
+        let _in = admission.arrive(v4).expect("v4").admit().expect("in");
+        for same in [neighbour, mapped] {
+            let refused = admission.arrive(same).expect("arrives").admit();
+            assert_eq!(refused.err(), Some(Full::Address), "{same}");
+        }
+        // Each address on its own, as asked.
+        let single = Arc::new(Admission::new(10, 10, 1).with_prefixes(32, 128));
+        let _v4 = single.arrive(v4).expect("v4").admit().expect("in");
+        assert!(single.arrive(neighbour).expect("n").admit().is_ok());
+        let _one = single.arrive(one).expect("one").admit().expect("in");
+        let beside: IpAddr = "2001:db8:1:2::2".parse().expect("ip");
+        assert!(single.arrive(beside).expect("b").admit().is_ok());
+    }
+
+    #[test]
+    fn a_newcomer_takes_the_place_of_the_oldest_silent_handshake() {
+        let admission = Arc::new(Admission::new(3, 10, 0).with_prefixes(32, 128));
+        let ip = |n: u8| IpAddr::V4(std::net::Ipv4Addr::new(10, 0, n, 1));
+        let oldest = admission.arrive(ip(1)).expect("1");
+        let talking = admission.arrive(ip(2)).expect("2");
+        talking.heard();
+        let silent = admission.arrive(ip(3)).expect("3");
+        // Full, and no one silent for long yet: a newcomer is turned away.
+        assert!(admission.arrive(ip(4)).is_none());
+        admission.age_silent(SILENT_GRACE);
+        // Then the oldest silent one makes way.
+        let newcomer = admission.arrive(ip(4)).expect("the newcomer gets in");
+        assert!(oldest.eviction().token.is_cancelled());
+        assert!(!silent.eviction().token.is_cancelled());
+        drop(oldest);
+        // The evicted place is not given back: still full, and the next
+        // newcomer takes the next silent one's place, never a talking one's.
+        newcomer.heard();
+        admission.age_silent(SILENT_GRACE);
+        let next = admission.arrive(ip(5)).expect("the next newcomer");
+        assert!(silent.eviction().token.is_cancelled());
+        assert!(!talking.eviction().token.is_cancelled());
+        drop(silent);
+        next.heard();
+        admission.age_silent(SILENT_GRACE);
+        assert!(
+            admission.arrive(ip(6)).is_none(),
+            "everyone left is talking"
+        );
+        drop((talking, newcomer, next));
+        assert_eq!(admission.handshakes.available_permits(), 3);
     }
 
     #[test]

@@ -34,10 +34,19 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     shutdown: &CancellationToken,
 ) -> Option<(Mode, Hello, Admitted)> {
-    let within = shared.config.handshake_within();
+    // Under pressure (most places taken) a handshake gets less time.
+    let mut within = shared.config.handshake_within();
+    if shared.admission.pressed() {
+        within = within.min(PRESSED_HANDSHAKE_TIMEOUT);
+    }
     let head = tokio::select! {
         () = shutdown.cancelled() => return None,
-        head = timeout(within, read_head(stream)) => head,
+        () = arriving.evicted() => {
+            shared.metrics.evictions_total.inc();
+            debug!("{peer}: closed: its silent handshake gave its place to a newcomer");
+            return None;
+        }
+        head = timeout(within, read_head_then(stream, || arriving.heard())) => head,
     };
     let mut head_only = false;
     let decision = match head {
@@ -216,6 +225,9 @@ impl LogBudget {
         Some(std::mem::take(&mut self.skipped))
     }
 }
+
+/// The time a handshake gets while most handshake places are taken.
+const PRESSED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -529,13 +541,28 @@ pub enum HandshakeError {
 /// (RFC 6455 4.1), so bytes past the head are a protocol violation; the
 /// request is then answered with 400.
 pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, HandshakeError> {
+    read_head_then(io, || {}).await
+}
+
+/// [`read_head`], calling `heard` once the first bytes have arrived.
+///
+/// # Errors
+/// As [`read_head`].
+pub async fn read_head_then<S: AsyncRead + Unpin>(
+    io: &mut S,
+    heard: impl FnOnce(),
+) -> Result<Vec<u8>, HandshakeError> {
     // Read straight into the heap buffer: a buffer on the stack here would
     // live in every connection's task for as long as the connection does.
     let mut buf = Vec::with_capacity(1024);
+    let mut heard = Some(heard);
     loop {
         let n = io.read_buf(&mut buf).await?;
         if n == 0 {
             return Err(HandshakeError::Eof);
+        }
+        if let Some(heard) = heard.take() {
+            heard();
         }
         if buf.first() == Some(&TLS_HANDSHAKE_RECORD) {
             return Err(HandshakeError::Tls);

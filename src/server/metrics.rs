@@ -30,6 +30,8 @@ pub struct Metrics {
     /// TCP connections reset at once, before any HTTP: no handshake place,
     /// or their address opened too many.
     pub resets_total: IntCounter,
+    /// Silent handshakes closed to make room for a newcomer.
+    pub evictions_total: IntCounter,
     /// Handshakes answered with an HTTP error, by status.
     rejections: IntCounterVec,
     /// The history backend's write latency and failures (with `--db`).
@@ -96,6 +98,10 @@ impl Metrics {
             resets_total: counter(
                 "wschat_connections_reset_total",
                 "TCP connections reset at once (no handshake place, or too many from the address)",
+            ),
+            evictions_total: counter(
+                "wschat_handshakes_evicted_total",
+                "Handshakes that had sent nothing, closed to give their place to a newcomer",
             ),
             rejections: IntCounterVec::new(
                 Opts::new(
@@ -164,6 +170,7 @@ impl Metrics {
             Box::new(self.slow_closes_total.clone()),
             Box::new(self.rate_limited_total.clone()),
             Box::new(self.resets_total.clone()),
+            Box::new(self.evictions_total.clone()),
             Box::new(self.rejections.clone()),
         ];
         if let Some(backend) = &self.backend {

@@ -107,7 +107,8 @@ impl Shared {
                     config.max_connections,
                     config.max_per_ip,
                 )
-                .with_budget(rate_per_ip, burst_per_ip),
+                .with_budget(rate_per_ip, burst_per_ip)
+                .with_prefixes(config.ip_prefixes.0, config.ip_prefixes.1),
             ),
             refusals: handshake::RefusalLog::default(),
             metrics: Arc::new(Metrics::new(backend)),
