@@ -50,6 +50,8 @@ pub mod defaults {
     pub const RETAIN: u64 = 100_000;
     /// `--redis-prefix`
     pub const REDIS_PREFIX: &str = "wschat";
+    /// `--max-history-bytes`: 128 MiB
+    pub const MAX_HISTORY_BYTES: usize = 128 << 20;
     /// `--ip-prefix-v4`
     pub const IP_PREFIX_V4: u8 = 24;
     /// `--ip-prefix-v6`
@@ -87,6 +89,12 @@ pub struct ServerArgs {
     /// Messages each room keeps in memory.
     #[arg(long, default_value_t = defaults::HISTORY)]
     pub history: usize,
+
+    /// Bytes all rooms' in-memory history may take together; past it the
+    /// rooms written to least recently let go of their messages first (ids
+    /// go on; a client resuming there is told of the gap).
+    #[arg(long, default_value_t = defaults::MAX_HISTORY_BYTES)]
+    pub max_history_bytes: usize,
 
     /// Messages replayed to a connection when it enters a room.
     #[arg(long, default_value_t = defaults::HISTORY_ON_JOIN)]
@@ -328,6 +336,7 @@ impl ServerArgs {
     pub fn config(&self) -> ServerConfig {
         ServerConfig {
             history: self.history,
+            max_history_bytes: self.max_history_bytes,
             history_on_join: self.history_on_join,
             max_message_bytes: self.max_message_bytes,
             max_frame_bytes: self.max_frame_bytes,
@@ -369,6 +378,8 @@ impl ServerArgs {
 pub struct ServerConfig {
     /// Messages each room keeps in memory (in-memory history).
     pub history: usize,
+    /// Bytes the in-memory history may take, all rooms together.
+    pub max_history_bytes: usize,
     /// Messages replayed to a connection when it enters a room.
     pub history_on_join: usize,
     /// Longest message text, in bytes.
@@ -442,6 +453,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             history: defaults::HISTORY,
+            max_history_bytes: defaults::MAX_HISTORY_BYTES,
             history_on_join: defaults::HISTORY_ON_JOIN,
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             max_frame_bytes: defaults::MAX_FRAME_BYTES,

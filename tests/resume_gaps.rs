@@ -160,3 +160,47 @@ async fn older_pages_back_through_history_in_sqlite() {
     let db = dir.path().join("chat.db");
     scroll_back(|c| c.db = Some(db)).await;
 }
+
+#[tokio::test]
+async fn in_memory_history_keeps_within_its_byte_budget_and_says_what_it_let_go() {
+    // Room for about twenty 1 KB messages in all.
+    let server = TestServer::with(|c| {
+        c.rate = 0;
+        c.max_history_bytes = 64 << 10;
+    })
+    .await;
+    let url = server.url();
+    let (mut alice, epoch) = Peer::json_joined(&url).await;
+    let text = "x".repeat(1000);
+    let say = |n: usize| format!(r#"{{"type":"say","text":"{n} {text}","cid":"c{n}"}}"#);
+    // Five messages in the lobby, then the lobby goes quiet while another
+    // room fills up the budget.
+    for n in 1..=5 {
+        alice.send(&say(n)).await;
+        while !matches!(alice.frame().await, ServerFrame::Message { .. }) {}
+    }
+    alice.send(r#"{"type":"join","room":"busy"}"#).await;
+    for n in 6..=40 {
+        alice.send(&say(n)).await;
+        while !matches!(alice.frame().await, ServerFrame::Message { .. }) {}
+    }
+    // The lobby, written to least recently, let go of its messages first:
+    // resuming there is told so, and replays nothing it does not have.
+    let (mut bob, _) = Peer::json_joined(&url).await;
+    assert_eq!(shapes(&join(&mut bob, 2, epoch).await), ["gap 2..6"]);
+    // The busy room keeps its newest messages, as many as fit.
+    let busy = bob.resume_room("busy", 0, epoch).await;
+    let ids: Vec<u64> = busy
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Message { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert!(!ids.is_empty() && ids.len() < 35, "{ids:?}");
+    assert_eq!(ids.last(), Some(&35));
+    let answer = common::metrics(server.addr).await;
+    let evicted = common::metric(&answer, "wschat_history_evicted_total").expect("counted");
+    assert_eq!(evicted as usize, 5 + (35 - ids.len()), "{answer}");
+    server.stop().await;
+}

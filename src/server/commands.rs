@@ -624,7 +624,13 @@ impl Conn {
                     Err(rejection) => return out.push(ServerFrame::error(rejection, None)),
                 };
                 full_at = None;
-            } else if let Some(first) = page.messages.first().map(|m| m.id)
+            } else if let Some(first) = page
+                .messages
+                .first()
+                .map(|m| m.id)
+                // Nothing kept after `after`, though newer ids were given
+                // out: everything up to the newest is gone.
+                .or_else(|| page.newest.filter(|&n| n > after).map(|n| n + 1))
                 && first > after + 1
             {
                 gap = Some(ServerFrame::Gap {

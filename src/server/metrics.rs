@@ -161,6 +161,11 @@ impl Metrics {
                 now.log_lines_dropped,
             )),
             Box::new(total(
+                "wschat_history_evicted_total",
+                "Stored messages let go of early to keep in-memory history within --max-history-bytes",
+                now.history_evicted,
+            )),
+            Box::new(total(
                 "wschat_deliveries_total",
                 "Events written to connections (one per message per recipient)",
                 self.deliveries.sum(),
@@ -200,6 +205,8 @@ pub struct Snapshot {
     pub rooms: u64,
     /// Log lines lost.
     pub log_lines_dropped: u64,
+    /// Stored messages let go of to keep in-memory history in its budget.
+    pub history_evicted: u64,
 }
 
 /// Delivery counts, spread over cache lines: a connection adds what it
@@ -286,6 +293,7 @@ mod tests {
             connections: 2,
             rooms: 1,
             log_lines_dropped: 0,
+            history_evicted: 0,
         });
         for line in [
             "# TYPE wschat_connections gauge",

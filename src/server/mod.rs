@@ -137,6 +137,7 @@ impl Shared {
             connections: self.admission.connections() as u64,
             rooms: self.presence.room_count() as u64,
             log_lines_dropped: crate::logging::dropped_lines(),
+            history_evicted: self.history.evicted(),
         }
     }
 }
@@ -170,7 +171,10 @@ pub async fn open_backends(config: &ServerConfig, node: u64) -> Result<Backends>
     let fanout: Arc<dyn Fanout> = Arc::new(MemoryFanout::new(config.room_bounds()));
     let presence = Arc::new(MemoryPresence::default());
     let Some(path) = &config.db else {
-        let history = Arc::new(MemoryHistory::new(config.history, fanout.clone()));
+        let history = Arc::new(
+            MemoryHistory::new(config.history, fanout.clone())
+                .with_budget(config.max_history_bytes),
+        );
         return Ok((fanout, history, presence, None));
     };
     let backend = BackendMetrics::new("sqlite");

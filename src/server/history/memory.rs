@@ -1,6 +1,10 @@
-//! In-memory history: a bounded ring of recent messages per room.
+//! In-memory history: a bounded ring of recent messages per room, and a
+//! bound on all of them together (`--max-history-bytes`): past it, the
+//! rooms written to least recently lose their kept messages first (their
+//! ids go on; a client resuming there is told of the gap).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,13 +16,30 @@ use crate::server::lock;
 /// History that lives as long as the process.
 #[derive(Debug)]
 pub struct MemoryHistory {
-    rooms: Mutex<HashMap<Arc<str>, Log>>,
+    rooms: Mutex<Logs>,
     /// Messages kept per room.
     capacity: usize,
     /// Every room's epoch: the process's start time, because ids start
     /// again with the process.
     epoch: u64,
     fanout: Arc<dyn Fanout>,
+    /// What every room's kept messages may cost together, in bytes.
+    max_bytes: usize,
+    /// Messages let go of to stay within `max_bytes`.
+    evicted: AtomicU64,
+}
+
+/// What one kept message costs in memory, about: its frame's strings, its
+/// encodings, and the bookkeeping around them.
+fn cost(delivery: &Delivery) -> usize {
+    const OVERHEAD: usize = 160;
+    let strings = match &delivery.frame {
+        crate::protocol::ServerFrame::Message {
+            text, from, room, ..
+        } => text.len() + from.len() + room.len(),
+        _ => 0,
+    };
+    strings + delivery.encoded_len() + delivery.cid.as_ref().map_or(0, String::len) + OVERHEAD
 }
 
 /// One room's messages. Once forgotten (idle and empty) only `last_id`
@@ -26,6 +47,8 @@ pub struct MemoryHistory {
 #[derive(Debug)]
 struct Log {
     kept: VecDeque<Arc<Delivery>>,
+    /// What `kept` costs (see [`cost`]).
+    bytes: usize,
     last_id: u64,
     last_append: Instant,
 }
@@ -34,20 +57,82 @@ impl Default for Log {
     fn default() -> Self {
         Self {
             kept: VecDeque::new(),
+            bytes: 0,
             last_id: 0,
             last_append: Instant::now(),
         }
     }
 }
 
+impl Log {
+    /// Lets go of every kept message; returns how many and what they cost.
+    fn clear(&mut self) -> (usize, usize) {
+        let dropped = (self.kept.len(), self.bytes);
+        self.kept = VecDeque::new();
+        self.bytes = 0;
+        dropped
+    }
+}
+
+/// Every room's log, and what their kept messages cost together.
+#[derive(Debug, Default)]
+struct Logs {
+    by_room: HashMap<Arc<str>, Log>,
+    bytes: usize,
+}
+
 impl MemoryHistory {
     /// Keeps `capacity` messages per room and publishes to `fanout`.
     pub fn new(capacity: usize, fanout: Arc<dyn Fanout>) -> Self {
         Self {
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(Logs::default()),
             capacity,
             epoch: now_ms(),
             fanout,
+            max_bytes: usize::MAX,
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// Keeps every room's messages together within `max_bytes`.
+    #[must_use]
+    pub fn with_budget(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Back within the budget after `room` grew: the rooms written to least
+    /// recently lose their kept messages, then, if `room` alone is over it,
+    /// its oldest ones.
+    fn keep_within_budget(&self, logs: &mut Logs, room: &str) {
+        let mut evicted = 0;
+        while logs.bytes > self.max_bytes {
+            let stalest = logs
+                .by_room
+                .iter()
+                .filter(|(name, log)| &***name != room && !log.kept.is_empty())
+                .min_by_key(|(_, log)| log.last_append)
+                .map(|(name, _)| name.clone());
+            let freed = match stalest {
+                Some(name) => logs.by_room.get_mut(&name).map(Log::clear),
+                None => logs.by_room.get_mut(room).and_then(|log| {
+                    // The newest message stays, whatever it costs.
+                    if log.kept.len() <= 1 {
+                        return None;
+                    }
+                    let oldest = log.kept.pop_front()?;
+                    log.bytes -= cost(&oldest);
+                    Some((1, cost(&oldest)))
+                }),
+            };
+            let Some((messages, bytes)) = freed else {
+                break;
+            };
+            logs.bytes -= bytes;
+            evicted += messages as u64;
+        }
+        if evicted > 0 {
+            self.evicted.fetch_add(evicted, Ordering::Relaxed);
         }
     }
 }
@@ -71,7 +156,8 @@ fn stored(delivery: &Delivery) -> Option<Stored> {
 impl History for MemoryHistory {
     fn append(&self, message: NewMessage) -> BoxFuture<'_, Result<Appended, HistoryError>> {
         let mut rooms = lock(&self.rooms);
-        let log = rooms.entry(message.room.clone()).or_default();
+        let logs = &mut *rooms;
+        let log = logs.by_room.entry(message.room.clone()).or_default();
         if message.cid.is_some() {
             // Newest first: a retry comes soon after its original.
             let original = log
@@ -93,10 +179,17 @@ impl History for MemoryHistory {
         let room = message.room.clone();
         let delivery = message.delivery(stamp);
         if self.capacity > 0 {
-            if log.kept.len() == self.capacity {
-                log.kept.pop_front();
+            if log.kept.len() == self.capacity
+                && let Some(oldest) = log.kept.pop_front()
+            {
+                log.bytes -= cost(&oldest);
+                logs.bytes -= cost(&oldest);
             }
+            let added = cost(&delivery);
+            log.bytes += added;
+            logs.bytes += added;
             log.kept.push_back(delivery.clone());
+            self.keep_within_budget(logs, &room);
         }
         // Published under the lock, so the room's messages go out in id order.
         self.fanout.publish(&room, delivery);
@@ -110,7 +203,8 @@ impl History for MemoryHistory {
         limit: usize,
     ) -> BoxFuture<'_, Result<Page, HistoryError>> {
         let rooms = lock(&self.rooms);
-        let kept = rooms.get(room).map(|log| &log.kept);
+        let newest = rooms.by_room.get(room).map(|log| log.last_id);
+        let kept = rooms.by_room.get(room).map(|log| &log.kept);
         let messages = kept.map_or_else(Vec::new, |kept| {
             let id_at_most =
                 |bound: u64| kept.partition_point(|d| d.id().is_some_and(|id| id <= bound));
@@ -132,6 +226,7 @@ impl History for MemoryHistory {
         let page = Page {
             epoch: self.epoch,
             messages,
+            newest,
         };
         Box::pin(std::future::ready(Ok(page)))
     }
@@ -140,8 +235,13 @@ impl History for MemoryHistory {
         None
     }
 
+    fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
     fn keeps(&self, room: &str) -> bool {
         lock(&self.rooms)
+            .by_room
             .get(room)
             .is_some_and(|log| !log.kept.is_empty())
     }
@@ -149,6 +249,7 @@ impl History for MemoryHistory {
     fn kept_unoccupied(&self, occupied: &dyn Fn(&str) -> bool) -> usize {
         // Presence is asked without this lock held, as in `forget_idle`.
         let kept: Vec<Arc<str>> = lock(&self.rooms)
+            .by_room
             .iter()
             .filter(|(_, log)| !log.kept.is_empty())
             .map(|(room, _)| room.clone())
@@ -159,6 +260,7 @@ impl History for MemoryHistory {
     fn forget_idle(&self, idle: Duration, occupied: &dyn Fn(&str) -> bool) {
         // Presence is asked without this lock held: appends wait for neither.
         let idle_rooms: Vec<Arc<str>> = lock(&self.rooms)
+            .by_room
             .iter()
             .filter(|(_, log)| !log.kept.is_empty() && log.last_append.elapsed() >= idle)
             .map(|(room, _)| room.clone())
@@ -166,10 +268,11 @@ impl History for MemoryHistory {
         let empty: Vec<Arc<str>> = idle_rooms.into_iter().filter(|r| !occupied(r)).collect();
         let mut rooms = lock(&self.rooms);
         for room in empty {
-            if let Some(log) = rooms.get_mut(&room)
+            if let Some(log) = rooms.by_room.get_mut(&room)
                 && log.last_append.elapsed() >= idle
             {
-                log.kept = VecDeque::new();
+                let (_, bytes) = log.clear();
+                rooms.bytes -= bytes;
             }
         }
     }

@@ -61,6 +61,13 @@ pub trait History: Send + Sync + fmt::Debug {
     /// lets go of its file for the next server.
     fn close(&self) {}
 
+    /// Stored messages let go of before their time to keep the store within
+    /// its memory budget (`--max-history-bytes`); stores that keep nothing
+    /// in memory let go of none.
+    fn evicted(&self) -> u64 {
+        0
+    }
+
     /// Lets go of the messages kept in memory for rooms that have had none
     /// for `idle` and that `occupied` says have no members; their ids go on
     /// where they were. Stores that keep nothing in memory do nothing.
@@ -206,6 +213,10 @@ pub struct Page {
     pub epoch: u64,
     /// The messages.
     pub messages: Vec<Stored>,
+    /// The room's newest id, where the store knows it without asking: a
+    /// read after an id that finds nothing though newer ids were given out
+    /// means those messages are no longer kept.
+    pub newest: Option<u64>,
 }
 
 /// Why history could not be opened, written or read.

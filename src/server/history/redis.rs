@@ -207,7 +207,11 @@ impl RedisHistory {
         if newest_first {
             messages.reverse();
         }
-        Ok(Page { epoch, messages })
+        Ok(Page {
+            epoch,
+            messages,
+            newest: None,
+        })
     }
 }
 

@@ -711,7 +711,11 @@ impl History for SqliteHistory {
                 Ok(Err(err)) => return Err(err),
                 Err(err) => return Err(HistoryError::Unavailable(err.to_string())),
             };
-            Ok(Page { epoch, messages })
+            Ok(Page {
+                epoch,
+                messages,
+                newest: None,
+            })
         })
     }
 
