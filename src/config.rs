@@ -50,6 +50,8 @@ pub mod defaults {
     pub const RETAIN: u64 = 100_000;
     /// `--redis-prefix`
     pub const REDIS_PREFIX: &str = "wschat";
+    /// `--max-queued-bytes`: 64 MiB
+    pub const MAX_QUEUED_BYTES: usize = 64 << 20;
     /// `--max-history-bytes`: 128 MiB
     pub const MAX_HISTORY_BYTES: usize = 128 << 20;
     /// `--ip-prefix-v4`
@@ -89,6 +91,11 @@ pub struct ServerArgs {
     /// Messages each room keeps in memory.
     #[arg(long, default_value_t = defaults::HISTORY)]
     pub history: usize,
+
+    /// Bytes that may wait in the send queues of all connections together;
+    /// past it, the connections furthest behind are closed (1013).
+    #[arg(long, default_value_t = defaults::MAX_QUEUED_BYTES)]
+    pub max_queued_bytes: usize,
 
     /// Bytes all rooms' in-memory history may take together; past it the
     /// rooms written to least recently let go of their messages first (ids
@@ -337,6 +344,7 @@ impl ServerArgs {
         ServerConfig {
             history: self.history,
             max_history_bytes: self.max_history_bytes,
+            max_queued_bytes: self.max_queued_bytes,
             history_on_join: self.history_on_join,
             max_message_bytes: self.max_message_bytes,
             max_frame_bytes: self.max_frame_bytes,
@@ -380,6 +388,8 @@ pub struct ServerConfig {
     pub history: usize,
     /// Bytes the in-memory history may take, all rooms together.
     pub max_history_bytes: usize,
+    /// Bytes all connections' send queues may hold together.
+    pub max_queued_bytes: usize,
     /// Messages replayed to a connection when it enters a room.
     pub history_on_join: usize,
     /// Longest message text, in bytes.
@@ -454,6 +464,7 @@ impl Default for ServerConfig {
         Self {
             history: defaults::HISTORY,
             max_history_bytes: defaults::MAX_HISTORY_BYTES,
+            max_queued_bytes: defaults::MAX_QUEUED_BYTES,
             history_on_join: defaults::HISTORY_ON_JOIN,
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             max_frame_bytes: defaults::MAX_FRAME_BYTES,

@@ -925,3 +925,118 @@ async fn silent_sockets_from_many_networks_give_their_places_to_a_newcomer() {
     drop((silent, user));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn send_queues_together_are_bounded_and_the_furthest_behind_are_closed() {
+    // Each connection may fall 64 MiB (and a million frames) behind, all
+    // together 8 MiB.
+    let server = TestServer::with(|c| {
+        c.rate = 0;
+        c.max_lag = 1 << 20;
+        c.max_lag_bytes = 64 << 20;
+        c.max_queued_bytes = 8 << 20;
+    })
+    .await;
+    let url = server.url();
+    let (mut writer, _) = Peer::json_joined(&url).await;
+    let text = "y".repeat(4000);
+    for n in 0..500 {
+        writer
+            .send(&format!(r#"{{"type":"say","text":"{text}","cid":"w{n}"}}"#))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < 500 {
+        if let wschat::protocol::ServerFrame::Message { .. } = writer.frame().await {
+            acked += 1;
+        }
+    }
+    // Three peers that read nothing ask for 30 MB of scroll-back each, far
+    // more than the kernel's buffers take (up to about 10 MB a connection
+    // on loopback): the server-wide budget is hit.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let (status, peer) =
+            RawPeer::upgrade(server.addr, "/", &["Sec-WebSocket-Protocol: wschat.v1"]).await;
+        assert_eq!(status, 101);
+        let mut peer = peer.expect("upgraded");
+        for _ in 0..15 {
+            let older = br#"{"type":"older","room":"lobby","before":501,"limit":500}"#;
+            peer.send_frame(1, older).await;
+        }
+        stalled.push(peer);
+    }
+    // The one furthest behind is closed (1013), the others are left alone
+    // once the total is back within the budget, and it is counted.
+    within("a queue to be closed for the server's budget", async {
+        loop {
+            let answer = common::metrics(server.addr).await;
+            if common::metric(&answer, "wschat_queue_closes_total").unwrap_or(0.0) >= 1.0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // The writer, who reads, chats on.
+    writer
+        .send(r#"{"type":"say","text":"still here","cid":"last"}"#)
+        .await;
+    loop {
+        if let wschat::protocol::ServerFrame::Message { cid: Some(cid), .. } = writer.frame().await
+            && cid == "last"
+        {
+            break;
+        }
+    }
+    drop(stalled);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_reads_nothing_while_bytes_wait_is_closed_though_it_pings() {
+    let server = TestServer::with(|c| {
+        c.rate = 0;
+        c.max_lag = 1 << 20;
+        c.max_lag_bytes = 64 << 20;
+        c.ping_interval = 1;
+        c.idle_timeout = 3;
+    })
+    .await;
+    let url = server.url();
+    let (mut writer, _) = Peer::json_joined(&url).await;
+    let text = "z".repeat(4000);
+    for n in 0..500 {
+        writer
+            .send(&format!(r#"{{"type":"say","text":"{text}","cid":"w{n}"}}"#))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < 500 {
+        if let wschat::protocol::ServerFrame::Message { .. } = writer.frame().await {
+            acked += 1;
+        }
+    }
+    let (status, peer) =
+        RawPeer::upgrade(server.addr, "/", &["Sec-WebSocket-Protocol: wschat.v1"]).await;
+    assert_eq!(status, 101);
+    let mut peer = peer.expect("upgraded");
+    for _ in 0..15 {
+        let older = br#"{"type":"older","room":"lobby","before":501,"limit":500}"#;
+        peer.send_frame(1, older).await;
+    }
+    // It looks alive (it pings the server every half second) but takes
+    // none of the 30 MB that wait for it.
+    within("the non-reader to be closed", async {
+        loop {
+            let answer = common::metrics(server.addr).await;
+            if common::metric(&answer, "wschat_queue_closes_total").unwrap_or(0.0) >= 1.0 {
+                return;
+            }
+            peer.send_frame(9, b"alive").await;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    server.stop().await;
+}

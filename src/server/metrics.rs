@@ -32,6 +32,9 @@ pub struct Metrics {
     pub resets_total: IntCounter,
     /// Silent handshakes closed to make room for a newcomer.
     pub evictions_total: IntCounter,
+    /// Connections closed because all send queues together were full, or
+    /// because they read nothing for `--idle-timeout` while bytes waited.
+    pub queue_closes_total: IntCounter,
     /// Handshakes answered with an HTTP error, by status.
     rejections: IntCounterVec,
     /// The history backend's write latency and failures (with `--db`).
@@ -98,6 +101,10 @@ impl Metrics {
             resets_total: counter(
                 "wschat_connections_reset_total",
                 "TCP connections reset at once (no handshake place, or too many from the address)",
+            ),
+            queue_closes_total: counter(
+                "wschat_queue_closes_total",
+                "Connections closed (1013) for being furthest behind while all send queues together were over --max-queued-bytes, or for reading nothing for --idle-timeout while bytes waited",
             ),
             evictions_total: counter(
                 "wschat_handshakes_evicted_total",
@@ -176,6 +183,7 @@ impl Metrics {
             Box::new(self.rate_limited_total.clone()),
             Box::new(self.resets_total.clone()),
             Box::new(self.evictions_total.clone()),
+            Box::new(self.queue_closes_total.clone()),
             Box::new(self.rejections.clone()),
         ];
         if let Some(backend) = &self.backend {

@@ -61,6 +61,40 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// The bytes waiting in the send queues of connections whose queue holds
+/// at least [`QueuedBytes::COUNTED_FROM`] (a queue that keeps up costs no
+/// shared write), and how many such connections there are: what
+/// `--max-queued-bytes` bounds.
+#[derive(Debug, Default)]
+pub struct QueuedBytes {
+    /// Their bytes, together.
+    pub total: std::sync::atomic::AtomicUsize,
+    /// How many connections count.
+    pub laggards: std::sync::atomic::AtomicUsize,
+}
+
+impl QueuedBytes {
+    /// A queue counts once it holds this much.
+    pub const COUNTED_FROM: usize = 64 << 10;
+
+    /// A connection's counted bytes go from `before` to `now`; returns the
+    /// total and the number of connections counted after the change.
+    pub fn change(&self, before: usize, now: usize) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = if now >= before {
+            self.total.fetch_add(now - before, Relaxed) + (now - before)
+        } else {
+            self.total.fetch_sub(before - now, Relaxed) - (before - now)
+        };
+        let laggards = match (before > 0, now > 0) {
+            (false, true) => self.laggards.fetch_add(1, Relaxed) + 1,
+            (true, false) => self.laggards.fetch_sub(1, Relaxed) - 1,
+            _ => self.laggards.load(Relaxed),
+        };
+        (total, laggards)
+    }
+}
+
 /// State every connection task shares.
 #[derive(Debug)]
 pub struct Shared {
@@ -83,6 +117,8 @@ pub struct Shared {
     /// Whether a connection without a nick is a guest name rather than
     /// its `IP:PORT` (off loopback, unless `--show-addresses`).
     pub guest_names: bool,
+    /// What waits in the send queues of every connection far behind.
+    pub queued: QueuedBytes,
     node: u64,
     next_seq: AtomicU64,
 }
@@ -113,6 +149,7 @@ impl Shared {
             refusals: handshake::RefusalLog::default(),
             metrics: Arc::new(Metrics::new(backend)),
             guest_names: !local.ip().is_loopback() && !config.show_addresses,
+            queued: QueuedBytes::default(),
             node,
             next_seq: AtomicU64::new(1),
             config,

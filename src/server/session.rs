@@ -25,6 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::QueuedBytes;
 use super::Shared;
 use super::admission::Arriving;
 use super::commands::{Conn, FLOODING_AFTER, Replies, Stored, Storing};
@@ -198,6 +199,19 @@ struct Session<S> {
     delivered: Tally,
     /// Room events taken from the feed and not yet queued, reused.
     batch: Vec<Arc<Delivery>>,
+    /// What this connection's queue adds to the server-wide count of
+    /// queued bytes (0 while it keeps up).
+    counted: usize,
+    /// Bytes written by the last ping tick, and ticks since with bytes
+    /// waiting and none written.
+    written_at_tick: u64,
+    stalled_ticks: u32,
+}
+
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        self.shared.queued.change(self.counted, 0);
+    }
 }
 
 impl<S: Transport> Session<S> {
@@ -233,6 +247,9 @@ impl<S: Transport> Session<S> {
             replies,
             storing: VecDeque::new(),
             batch: Vec::new(),
+            counted: 0,
+            written_at_tick: 0,
+            stalled_ticks: 0,
         };
         session.send_replies();
         session
@@ -365,10 +382,16 @@ impl<S: Transport> Session<S> {
                         self.close(GOING_AWAY, "idle timeout").await;
                         return Ended::Because("idle timeout".into());
                     }
+                    if self.reads_nothing() {
+                        // Answering pings or not, a peer that takes none of
+                        // what waits for it holds its queue for nothing.
+                        self.shared.metrics.queue_closes_total.inc();
+                        return self.too_slow(FeedError::Lagged(0), shutdown).await;
+                    }
                     self.wire.push_ping();
                 }
             }
-            if self.behind() {
+            if self.behind() || self.over_the_servers_budget() {
                 return self.too_slow(FeedError::Lagged(0), shutdown).await;
             }
             self.count_deliveries();
@@ -381,6 +404,45 @@ impl<S: Transport> Session<S> {
     /// Adds the deliveries counted since the last call to `/metrics`' total.
     fn count_deliveries(&mut self) {
         self.shared.metrics.add_deliveries(&mut self.delivered);
+    }
+
+    /// Whether bytes have waited for the peer, none of them written, for
+    /// `--idle-timeout` (counted in ping ticks).
+    fn reads_nothing(&mut self) -> bool {
+        let written = self.wire.written();
+        if self.wire.queued_bytes() > 0 && written == self.written_at_tick {
+            self.stalled_ticks += 1;
+        } else {
+            self.stalled_ticks = 0;
+        }
+        self.written_at_tick = written;
+        let config = &self.shared.config;
+        config.ping_every() * self.stalled_ticks >= config.idle_after()
+    }
+
+    /// Counts this connection's queue in the server-wide total, once it is
+    /// far behind; whether the total is over `--max-queued-bytes` with this
+    /// connection among those furthest behind (at least the average of
+    /// those counted), so it must go.
+    fn over_the_servers_budget(&mut self) -> bool {
+        let queued = self.wire.queued_bytes();
+        let now = if queued >= QueuedBytes::COUNTED_FROM {
+            queued
+        } else {
+            0
+        };
+        if now == self.counted {
+            return false;
+        }
+        let (total, laggards) = self.shared.queued.change(self.counted, now);
+        self.counted = now;
+        let over = now > 0
+            && total > self.shared.config.max_queued_bytes
+            && now >= total / laggards.max(1);
+        if over {
+            self.shared.metrics.queue_closes_total.inc();
+        }
+        over
     }
 
     /// Whether more waits for the peer than `--max-lag` frames or

@@ -77,6 +77,8 @@ pub struct Wire<S> {
     queued: usize,
     /// Bytes waiting to be written (exact: written bytes are taken off).
     queued_bytes: usize,
+    /// Bytes written since the stream was opened.
+    written: u64,
 }
 
 impl<S> Wire<S> {
@@ -89,7 +91,14 @@ impl<S> Wire<S> {
             tail: BytesMut::new(),
             queued: 0,
             queued_bytes: 0,
+            written: 0,
         }
+    }
+
+    /// Bytes written since the stream was opened: whether the peer reads
+    /// shows in whether this moves.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Queues bytes that are one or more whole frames.
@@ -240,6 +249,7 @@ impl<S: Transport> Wire<S> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.queued_bytes = self.queued_bytes.saturating_sub(n);
+            self.written += n as u64;
             while n > 0 {
                 let Some(front) = self.chunks.front() else {
                     break;
