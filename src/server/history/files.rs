@@ -91,6 +91,9 @@ struct Watched {
     size: u64,
     /// Whether it may never get smaller.
     grows_only: bool,
+    /// The file itself, held open to read its length cheaply (for one that
+    /// may never get smaller).
+    open: Option<File>,
 }
 
 /// What the watch found wrong with a file.
@@ -118,7 +121,13 @@ impl Tampered {
 #[derive(Debug)]
 pub struct FileWatch {
     files: Vec<Watched>,
+    /// When the files were last looked up by name (see [`FileWatch::check`]).
+    looked_up: Option<std::time::Instant>,
 }
+
+/// How often the files are looked up by name; in between only the shared-
+/// memory index's length is checked, on the file the watch holds open.
+const LOOK_UP_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl FileWatch {
     /// Starts watching the files of the open database at `db` (its real
@@ -130,6 +139,7 @@ impl FileWatch {
                 Watched::new(beside(db, "-wal"), false),
                 Watched::new(beside(db, "-shm"), true),
             ],
+            looked_up: None,
         };
         let _ = watch.check();
         watch
@@ -140,7 +150,19 @@ impl FileWatch {
     ///
     /// # Errors
     /// What is wrong, in words for the log and for `/healthz`.
+    ///
+    /// The index's length is checked every time (a shorter one would crash
+    /// the process at its next use); whether a file was deleted or replaced,
+    /// which costs a lookup by name each, at most every [`LOOK_UP_EVERY`].
     pub fn check(&mut self) -> Result<(), Tampered> {
+        let now = std::time::Instant::now();
+        if self
+            .looked_up
+            .is_some_and(|at| now.duration_since(at) < LOOK_UP_EVERY)
+        {
+            return self.files.iter_mut().try_for_each(Watched::check_length);
+        }
+        self.looked_up = Some(now);
         self.files.iter_mut().try_for_each(Watched::check)
     }
 }
@@ -152,7 +174,40 @@ impl Watched {
             id: None,
             size: 0,
             grows_only,
+            open: None,
         }
+    }
+
+    /// The length check alone, on the file held open.
+    fn check_length(&mut self) -> Result<(), Tampered> {
+        let Some(length) = self
+            .open
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.len())
+        else {
+            return Ok(());
+        };
+        self.check_grows(length)
+    }
+
+    /// `Err` when a file that may only grow got shorter (its length is then
+    /// given back, so a thread already on its way into it does not fault;
+    /// its content is not trusted again).
+    fn check_grows(&mut self, length: u64) -> Result<(), Tampered> {
+        if self.grows_only && length < self.size {
+            let was = self.size;
+            if let Ok(file) = OpenOptions::new().write(true).open(&self.path) {
+                let _ = file.set_len(was);
+            }
+            return Err(Tampered::CutShort(format!(
+                "{} was cut short by another process ({was} to {length} bytes): the store is \
+                 not touched again, as that would crash the server; restart the server",
+                self.path.display()
+            )));
+        }
+        self.size = self.size.max(length);
+        Ok(())
     }
 
     fn check(&mut self) -> Result<(), Tampered> {
@@ -170,7 +225,12 @@ impl Watched {
         };
         let id = (found.dev(), found.ino());
         match self.id {
-            None => self.id = Some(id),
+            None => {
+                self.id = Some(id);
+                if self.grows_only {
+                    self.open = File::open(&self.path).ok();
+                }
+            }
             Some(known) if known != id => {
                 return Err(Tampered::Replaced(format!(
                     "{path} was replaced while the server runs: writes are refused, \
@@ -179,21 +239,7 @@ impl Watched {
             }
             Some(_) => {}
         }
-        if self.grows_only && found.len() < self.size {
-            let was = self.size;
-            // Give the index its length back, so a thread already on its
-            // way into it does not fault; its content is not trusted again.
-            if let Ok(file) = OpenOptions::new().write(true).open(&self.path) {
-                let _ = file.set_len(was);
-            }
-            return Err(Tampered::CutShort(format!(
-                "{path} was cut short by another process ({was} to {} bytes): the store is \
-                 not touched again, as that would crash the server; restart the server",
-                found.len()
-            )));
-        }
-        self.size = self.size.max(found.len());
-        Ok(())
+        self.check_grows(found.len())
     }
 }
 
@@ -217,6 +263,12 @@ mod tests {
         DbLock::take(&db).expect("free again");
     }
 
+    /// A check that looks every file up by name, however recent the last.
+    fn check_all(watch: &mut FileWatch) -> Result<(), Tampered> {
+        watch.looked_up = None;
+        watch.check()
+    }
+
     #[test]
     fn the_watch_notices_deletion_replacement_and_a_shorter_index() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -224,30 +276,31 @@ mod tests {
         std::fs::write(&db, b"db").expect("db");
         std::fs::write(beside(&db, "-shm"), vec![0; 64]).expect("shm");
         let mut watch = FileWatch::new(&db);
-        assert_eq!(watch.check(), Ok(()));
+        assert_eq!(check_all(&mut watch), Ok(()));
         // The log appears later, and is then watched too.
         std::fs::write(beside(&db, "-wal"), b"log").expect("wal");
-        assert_eq!(watch.check(), Ok(()));
+        assert_eq!(check_all(&mut watch), Ok(()));
         std::fs::write(beside(&db, "-shm"), vec![0; 128]).expect("shm grows");
-        assert_eq!(watch.check(), Ok(()));
+        assert_eq!(check_all(&mut watch), Ok(()));
         let shm = OpenOptions::new()
             .write(true)
             .open(beside(&db, "-shm"))
             .expect("shm");
         shm.set_len(0).expect("truncate");
+        // Seen at once, without looking the files up by name.
         assert!(matches!(watch.check(), Err(Tampered::CutShort(_))));
         // Its length is given back.
         assert_eq!(shm.metadata().expect("meta").len(), 128);
 
         let mut watch = FileWatch::new(&db);
         std::fs::remove_file(beside(&db, "-wal")).expect("rm wal");
-        assert!(matches!(watch.check(), Err(Tampered::Replaced(_))));
+        assert!(matches!(check_all(&mut watch), Err(Tampered::Replaced(_))));
 
         // The store holds the file open, so its inode is not reused.
         let _open = File::open(&db).expect("open");
         let mut watch = FileWatch::new(&db);
         std::fs::remove_file(&db).expect("rm");
         std::fs::write(&db, b"another").expect("replace");
-        assert!(matches!(watch.check(), Err(Tampered::Replaced(_))));
+        assert!(matches!(check_all(&mut watch), Err(Tampered::Replaced(_))));
     }
 }
