@@ -204,3 +204,67 @@ async fn in_memory_history_keeps_within_its_byte_budget_and_says_what_it_let_go(
     assert_eq!(evicted as usize, 5 + (35 - ids.len()), "{answer}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_older_answer_is_sent_as_the_peer_reads_it() {
+    // 500 messages of 4 KB: a 2 MB answer, twice what may wait for one
+    // peer. Sent whole, it closed the asker as too slow; a page at a time,
+    // it all arrives, in order, and then its closing frame.
+    let server = TestServer::with(|c| {
+        c.rate = 0;
+        c.max_lag_bytes = 1 << 20;
+    })
+    .await;
+    let url = server.url();
+    let (mut writer, _) = Peer::json_joined(&url).await;
+    let text = "o".repeat(4000);
+    for n in 1..=500 {
+        writer
+            .send(&format!(
+                r#"{{"type":"say","text":"{n} {text}","cid":"c{n}"}}"#
+            ))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < 500 {
+        if let ServerFrame::Message { .. } = writer.frame().await {
+            acked += 1;
+        }
+    }
+    let (mut asker, _) = Peer::json_joined(&url).await;
+    asker
+        .send(r#"{"type":"older","room":"lobby","before":501,"limit":500}"#)
+        .await;
+    let mut ids = Vec::new();
+    loop {
+        match asker.frame().await {
+            ServerFrame::Message { id, history, .. } => {
+                assert!(history);
+                ids.push(id);
+            }
+            ServerFrame::Older { before, count, .. } => {
+                assert_eq!((before, count), (501, 500));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(ids, (1..=500).collect::<Vec<u64>>());
+    // A shorter answer is one page, as before.
+    asker
+        .send(r#"{"type":"older","room":"lobby","before":10,"limit":3}"#)
+        .await;
+    let mut short = Vec::new();
+    loop {
+        match asker.frame().await {
+            ServerFrame::Message { id, .. } => short.push(id),
+            ServerFrame::Older { count, .. } => {
+                assert_eq!(count, 3);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(short, [7, 8, 9]);
+    server.stop().await;
+}

@@ -76,6 +76,8 @@ pub(super) struct Conn {
     pub feed: RoomFeed,
     /// A replay of stored messages still to send: the last id sent.
     pub replay: Option<u64>,
+    /// An `older` answer still to send, a page at a time as the peer reads.
+    pub older: Option<OlderAnswer>,
     /// Flood control (`None` with `--rate 0`).
     bucket: Option<TokenBucket>,
     /// Requests refused by flood control since the last one let through.
@@ -138,6 +140,16 @@ impl Acks {
     pub fn pending(&self) -> bool {
         !self.awaiting.is_empty()
     }
+}
+
+/// An `older` answer under way: the messages with ids in `(after, before)`
+/// still to send, at most `left` of them, and how many were sent.
+#[derive(Debug, Clone, Copy)]
+pub struct OlderAnswer {
+    after: u64,
+    before: u64,
+    left: usize,
+    sent: usize,
 }
 
 /// A registered connection. Dropping it frees the nick and tells the room
@@ -250,6 +262,7 @@ impl Conn {
             feed: shared.fanout.subscribe(&room).await,
             room,
             replay: None,
+            older: None,
             bucket: TokenBucket::new(shared.config.rate, shared.config.rate_burst),
             refused_in_a_row: 0,
             seat: Some(Seat {
@@ -337,6 +350,63 @@ impl Conn {
         }
     }
 
+    /// Sends what of `messages` (the next ones of an `older` answer, oldest
+    /// first) fits in a page's bytes; the rest, if any, is read again and
+    /// sent once the peer has read this (see [`Conn::continue_older`]),
+    /// then the closing `older` frame. So an answer never waits whole in
+    /// memory for a peer that does not read.
+    fn older_page(
+        &mut self,
+        messages: &[crate::server::history::Stored],
+        mut answer: OlderAnswer,
+        shared: &Shared,
+        out: &mut Replies,
+    ) {
+        let budget = shared.config.max_lag_bytes / 4;
+        let mut bytes = 0;
+        let mut cut = false;
+        for message in messages {
+            if message.id >= answer.before || answer.left == 0 {
+                answer.left = 0;
+                break;
+            }
+            if bytes >= budget && answer.sent > 0 {
+                cut = true;
+                break;
+            }
+            bytes += message.text.len() + message.from.len() + REPLAY_FRAME_OVERHEAD;
+            out.push(message.frame(&self.room, self.id));
+            answer.after = message.id;
+            answer.left -= 1;
+            answer.sent += 1;
+        }
+        let more = cut && answer.left > 0;
+        self.older = more.then_some(answer);
+        if !more {
+            out.push(ServerFrame::Older {
+                room: self.room.to_string(),
+                before: answer.before,
+                count: answer.sent,
+            });
+        }
+    }
+
+    /// Sends the next page of an `older` answer in progress.
+    pub async fn continue_older(&mut self, shared: &Shared, out: &mut Replies) {
+        let Some(answer) = self.older.take() else {
+            return;
+        };
+        let limit = answer.left.min(PAGE);
+        match read(shared, &self.room, Since::After(answer.after), limit).await {
+            Ok(page) if page.messages.is_empty() => {
+                let done = OlderAnswer { left: 0, ..answer };
+                self.older_page(&[], done, shared, out);
+            }
+            Ok(page) => self.older_page(&page.messages, answer, shared, out),
+            Err(rejection) => out.push(ServerFrame::error(rejection, None)),
+        }
+    }
+
     /// Sends the next page of a replay in progress.
     pub async fn continue_replay(&mut self, shared: &Shared, out: &mut Replies) {
         let Some(after) = self.replay else { return };
@@ -387,14 +457,13 @@ impl Conn {
             Request::Older { before, limit } => {
                 match read(shared, &self.room, Since::Before(before), limit).await {
                     Ok(page) => {
-                        for message in &page.messages {
-                            out.push(message.frame(&self.room, self.id));
-                        }
-                        out.push(ServerFrame::Older {
-                            room: self.room.to_string(),
+                        let answer = OlderAnswer {
+                            after: 0,
                             before,
-                            count: page.messages.len(),
-                        });
+                            left: limit,
+                            sent: 0,
+                        };
+                        self.older_page(&page.messages, answer, shared, out);
                     }
                     Err(rejection) => out.push(ServerFrame::error(rejection, None)),
                 }
