@@ -939,18 +939,7 @@ async fn send_queues_together_are_bounded_and_the_furthest_behind_are_closed() {
     .await;
     let url = server.url();
     let (mut writer, _) = Peer::json_joined(&url).await;
-    let text = "y".repeat(4000);
-    for n in 0..500 {
-        writer
-            .send(&format!(r#"{{"type":"say","text":"{text}","cid":"w{n}"}}"#))
-            .await;
-    }
-    let mut acked = 0;
-    while acked < 500 {
-        if let wschat::protocol::ServerFrame::Message { .. } = writer.frame().await {
-            acked += 1;
-        }
-    }
+    common::say_many(&mut writer, 500, &"y".repeat(4000)).await;
     // Three peers that read nothing ask for 30 MB of scroll-back each, far
     // more than the kernel's buffers take (up to about 10 MB a connection
     // on loopback): the server-wide budget is hit.
@@ -1005,18 +994,7 @@ async fn a_peer_that_reads_nothing_while_bytes_wait_is_closed_though_it_pings() 
     .await;
     let url = server.url();
     let (mut writer, _) = Peer::json_joined(&url).await;
-    let text = "z".repeat(4000);
-    for n in 0..500 {
-        writer
-            .send(&format!(r#"{{"type":"say","text":"{text}","cid":"w{n}"}}"#))
-            .await;
-    }
-    let mut acked = 0;
-    while acked < 500 {
-        if let wschat::protocol::ServerFrame::Message { .. } = writer.frame().await {
-            acked += 1;
-        }
-    }
+    common::say_many(&mut writer, 500, &"z".repeat(4000)).await;
     let (status, peer) =
         RawPeer::upgrade(server.addr, "/", &["Sec-WebSocket-Protocol: wschat.v1"]).await;
     assert_eq!(status, 101);

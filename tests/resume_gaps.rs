@@ -217,20 +217,7 @@ async fn an_older_answer_is_sent_as_the_peer_reads_it() {
     .await;
     let url = server.url();
     let (mut writer, _) = Peer::json_joined(&url).await;
-    let text = "o".repeat(4000);
-    for n in 1..=500 {
-        writer
-            .send(&format!(
-                r#"{{"type":"say","text":"{n} {text}","cid":"c{n}"}}"#
-            ))
-            .await;
-    }
-    let mut acked = 0;
-    while acked < 500 {
-        if let ServerFrame::Message { .. } = writer.frame().await {
-            acked += 1;
-        }
-    }
+    common::say_many(&mut writer, 500, &"o".repeat(4000)).await;
     let (mut asker, _) = Peer::json_joined(&url).await;
     asker
         .send(r#"{"type":"older","room":"lobby","before":501,"limit":500}"#)

@@ -495,12 +495,33 @@ impl Proc {
 
     /// Sends a signal by name (TERM, INT, KILL).
     pub fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([format!("-{name}"), pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        send_signal(self.pid(), name);
+    }
+}
+
+/// Sends process `pid` a signal by name (TERM, STOP, CONT...).
+pub fn send_signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Sends `count` JSON messages of `text` (numbered) from `peer` and waits
+/// for every acknowledgement.
+pub async fn say_many(peer: &mut Peer, count: usize, text: &str) {
+    for n in 1..=count {
+        peer.send(&format!(
+            r#"{{"type":"say","text":"{n} {text}","cid":"fill{n}"}}"#
+        ))
+        .await;
+    }
+    let mut acked = 0;
+    while acked < count {
+        if let ServerFrame::Message { cid: Some(_), .. } = peer.frame().await {
+            acked += 1;
+        }
     }
 }
 

@@ -67,12 +67,7 @@ impl RedisServer {
     /// Kills it (as a crash would), losing everything it held.
     /// Sends redis-server a signal by name (`STOP`, `CONT`).
     pub fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([format!("-{name}"), pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        super::send_signal(self.child.id().expect("running"), name);
     }
 
     pub async fn kill(mut self) -> u16 {

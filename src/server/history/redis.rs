@@ -17,37 +17,33 @@ use crate::protocol::now_ms;
 use crate::server::fanout::parse_entry;
 use crate::server::redis::{Body, RedisLink, origin_field};
 
-/// The room's epoch, given to it from the chat's if it has none (and the
+/// The room's epoch, or the chat's for a room that has none yet (the
 /// chat's made if there is none either): one epoch for every room, as in
-/// the other backends, until Redis loses its data.
+/// the other backends, until Redis loses its data. Sets `epoch` and
+/// `fresh` (the room has no epoch of its own yet). KEYS: meta, log, the
+/// chat's epoch. ARGV: channel or unused, new epoch.
 const EPOCH: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
+local fresh = not epoch
+if fresh then
   epoch = redis.call('GET', KEYS[3])
   if not epoch then
     epoch = ARGV[2]
     redis.call('SET', KEYS[3], epoch)
   end
+end
+";
+
+/// An append gives the room the epoch its ids now belong to.
+const KEEP_EPOCH: &str = r"
+if fresh then
   redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
 ";
 
-/// The epoch a read of a room tells: the room's, or the chat's (made if
-/// there is none) for a room that has stored nothing yet, which it then
-/// takes when its first message is stored. Nothing is written for the room:
-/// reading one leaves no key behind. KEYS: meta, log, the chat's epoch.
-/// ARGV: unused, new epoch.
-const READ_EPOCH: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = redis.call('GET', KEYS[3])
-  if not epoch then
-    epoch = ARGV[2]
-    redis.call('SET', KEYS[3], epoch)
-  end
-end
-return epoch
-";
+/// A read tells the epoch and writes nothing for the room: reading one
+/// leaves no key behind, and its first message takes the same epoch.
+const TELL_EPOCH: &str = "return epoch";
 
 /// KEYS: meta, log, the chat's epoch, cids. ARGV: channel, new epoch, max
 /// length, origin, body, sender and cid (`nick\ncid`, or empty without a
@@ -75,8 +71,10 @@ return {id, epoch, 0}
 #[derive(Debug)]
 pub struct RedisHistory {
     link: Arc<RedisLink>,
-    /// The append script: [`EPOCH`], then [`APPEND`].
+    /// The append script: [`EPOCH`], [`KEEP_EPOCH`], then [`APPEND`].
     append: String,
+    /// The read's epoch script: [`EPOCH`], then [`TELL_EPOCH`].
+    read_epoch: String,
 
     /// Messages kept per room (approximately: streams are trimmed in whole nodes).
     keep: usize,
@@ -87,7 +85,8 @@ impl RedisHistory {
     pub fn new(link: Arc<RedisLink>, keep: usize) -> Self {
         Self {
             link,
-            append: format!("{EPOCH}{APPEND}"),
+            append: format!("{EPOCH}{KEEP_EPOCH}{APPEND}"),
+            read_epoch: format!("{EPOCH}{TELL_EPOCH}"),
             keep: keep.max(1),
         }
     }
@@ -160,7 +159,7 @@ impl RedisHistory {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("EVAL")
-            .arg(READ_EPOCH)
+            .arg(&self.read_epoch)
             .arg(3)
             .arg(&meta)
             .arg(&log)
