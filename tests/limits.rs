@@ -926,6 +926,33 @@ async fn silent_sockets_from_many_networks_give_their_places_to_a_newcomer() {
     server.stop().await;
 }
 
+/// A JSON peer that asks for the lobby's 500 messages of scroll-back, many
+/// times over, and reads none of it.
+async fn asks_and_reads_nothing(addr: std::net::SocketAddr) -> RawPeer {
+    let (status, peer) = RawPeer::upgrade(addr, "/", &["Sec-WebSocket-Protocol: wschat.v1"]).await;
+    assert_eq!(status, 101);
+    let mut peer = peer.expect("upgraded");
+    for _ in 0..15 {
+        let older = br#"{"type":"older","room":"lobby","before":501,"limit":500}"#;
+        peer.send_frame(1, older).await;
+    }
+    peer
+}
+
+/// Waits until `/metrics` counts a connection closed for its queue.
+async fn queue_closed(addr: std::net::SocketAddr) {
+    within("a queue to be closed", async {
+        loop {
+            let answer = common::metrics(addr).await;
+            if common::metric(&answer, "wschat_queue_closes_total").unwrap_or(0.0) >= 1.0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn send_queues_together_are_bounded_and_the_furthest_behind_are_closed() {
     // Each connection may fall 64 MiB (and a million frames) behind, all
@@ -940,33 +967,17 @@ async fn send_queues_together_are_bounded_and_the_furthest_behind_are_closed() {
     let url = server.url();
     let (mut writer, _) = Peer::json_joined(&url).await;
     common::say_many(&mut writer, 500, &"y".repeat(4000)).await;
-    // Three peers that read nothing ask for 30 MB of scroll-back each, far
-    // more than the kernel's buffers take (up to about 10 MB a connection
-    // on loopback): the server-wide budget is hit.
+    // Three peers that read nothing ask for scroll-back; each gets a first
+    // page of 16 MiB (a quarter of what may wait for it), more than the
+    // kernel's buffers take (about 10 MB a connection on loopback): the
+    // server-wide budget is hit.
     let mut stalled = Vec::new();
     for _ in 0..3 {
-        let (status, peer) =
-            RawPeer::upgrade(server.addr, "/", &["Sec-WebSocket-Protocol: wschat.v1"]).await;
-        assert_eq!(status, 101);
-        let mut peer = peer.expect("upgraded");
-        for _ in 0..15 {
-            let older = br#"{"type":"older","room":"lobby","before":501,"limit":500}"#;
-            peer.send_frame(1, older).await;
-        }
-        stalled.push(peer);
+        stalled.push(asks_and_reads_nothing(server.addr).await);
     }
     // The one furthest behind is closed (1013), the others are left alone
     // once the total is back within the budget, and it is counted.
-    within("a queue to be closed for the server's budget", async {
-        loop {
-            let answer = common::metrics(server.addr).await;
-            if common::metric(&answer, "wschat_queue_closes_total").unwrap_or(0.0) >= 1.0 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    queue_closed(server.addr).await;
     // The writer, who reads, chats on.
     writer
         .send(r#"{"type":"say","text":"still here","cid":"last"}"#)
@@ -995,16 +1006,9 @@ async fn a_peer_that_reads_nothing_while_bytes_wait_is_closed_though_it_pings() 
     let url = server.url();
     let (mut writer, _) = Peer::json_joined(&url).await;
     common::say_many(&mut writer, 500, &"z".repeat(4000)).await;
-    let (status, peer) =
-        RawPeer::upgrade(server.addr, "/", &["Sec-WebSocket-Protocol: wschat.v1"]).await;
-    assert_eq!(status, 101);
-    let mut peer = peer.expect("upgraded");
-    for _ in 0..15 {
-        let older = br#"{"type":"older","room":"lobby","before":501,"limit":500}"#;
-        peer.send_frame(1, older).await;
-    }
+    let mut peer = asks_and_reads_nothing(server.addr).await;
     // It looks alive (it pings the server every half second) but takes
-    // none of the 30 MB that wait for it.
+    // none of what waits for it (a first page of 16 MiB).
     within("the non-reader to be closed", async {
         loop {
             let answer = common::metrics(server.addr).await;

@@ -121,8 +121,9 @@ impl MemoryHistory {
                         return None;
                     }
                     let oldest = log.kept.pop_front()?;
-                    log.bytes -= cost(&oldest);
-                    Some((1, cost(&oldest)))
+                    let freed = cost(&oldest);
+                    log.bytes -= freed;
+                    Some((1, freed))
                 }),
             };
             let Some((messages, bytes)) = freed else {
@@ -182,8 +183,9 @@ impl History for MemoryHistory {
             if log.kept.len() == self.capacity
                 && let Some(oldest) = log.kept.pop_front()
             {
-                log.bytes -= cost(&oldest);
-                logs.bytes -= cost(&oldest);
+                let freed = cost(&oldest);
+                log.bytes -= freed;
+                logs.bytes -= freed;
             }
             let added = cost(&delivery);
             log.bytes += added;
