@@ -29,24 +29,22 @@ pub struct MemoryHistory {
     evicted: AtomicU64,
 }
 
-/// What one kept message costs in memory, about: its frame's strings, its
-/// encodings, and the bookkeeping around them.
-fn cost(delivery: &Delivery) -> usize {
+/// What one kept message costs in memory, about: its strings and the
+/// bookkeeping around them (the record, the allocations' headers).
+fn cost(message: &Stored) -> usize {
     const OVERHEAD: usize = 160;
-    let strings = match &delivery.frame {
-        crate::protocol::ServerFrame::Message {
-            text, from, room, ..
-        } => text.len() + from.len() + room.len(),
-        _ => 0,
-    };
-    strings + delivery.encoded_len() + delivery.cid.as_ref().map_or(0, String::len) + OVERHEAD
+    message.text.len() + message.from.len() + message.cid.as_ref().map_or(0, String::len) + OVERHEAD
 }
 
 /// One room's messages. Once forgotten (idle and empty) only `last_id`
 /// remains, so ids never start again within the epoch.
+///
+/// A message is kept once, as its text and sender: the encoded frames that
+/// went out live are shared by its readers and let go of once they have
+/// read them; a replay renders what it sends from this.
 #[derive(Debug)]
 struct Log {
-    kept: VecDeque<Arc<Delivery>>,
+    kept: VecDeque<Stored>,
     /// What `kept` costs (see [`cost`]).
     bytes: usize,
     last_id: u64,
@@ -138,6 +136,7 @@ impl MemoryHistory {
     }
 }
 
+/// What is kept of a message just stored.
 fn stored(delivery: &Delivery) -> Option<Stored> {
     match &delivery.frame {
         crate::protocol::ServerFrame::Message {
@@ -165,8 +164,8 @@ impl History for MemoryHistory {
                 .kept
                 .iter()
                 .rev()
-                .filter(|d| d.cid == message.cid)
-                .find_map(|d| stored(d).filter(|s| s.retried_by(&message)));
+                .find(|kept| kept.retried_by(&message))
+                .cloned();
             if let Some(original) = original {
                 return Box::pin(std::future::ready(Ok(Appended::Repeat(original))));
             }
@@ -179,7 +178,9 @@ impl History for MemoryHistory {
         };
         let room = message.room.clone();
         let delivery = message.delivery(stamp);
-        if self.capacity > 0 {
+        if self.capacity > 0
+            && let Some(kept) = stored(&delivery)
+        {
             if log.kept.len() == self.capacity
                 && let Some(oldest) = log.kept.pop_front()
             {
@@ -187,10 +188,10 @@ impl History for MemoryHistory {
                 log.bytes -= freed;
                 logs.bytes -= freed;
             }
-            let added = cost(&delivery);
+            let added = cost(&kept);
             log.bytes += added;
             logs.bytes += added;
-            log.kept.push_back(delivery.clone());
+            log.kept.push_back(kept);
             self.keep_within_budget(logs, &room);
         }
         // Published under the lock, so the room's messages go out in id order.
@@ -209,7 +210,7 @@ impl History for MemoryHistory {
         let kept = rooms.by_room.get(room).map(|log| &log.kept);
         let messages = kept.map_or_else(Vec::new, |kept| {
             let id_at_most =
-                |bound: u64| kept.partition_point(|d| d.id().is_some_and(|id| id <= bound));
+                |bound: u64| kept.partition_point(|message| message.id <= bound);
             let (start, end) = match since {
                 Since::Recent => (kept.len().saturating_sub(limit), kept.len()),
                 Since::After(after) => (id_at_most(after), kept.len()),
@@ -222,7 +223,7 @@ impl History for MemoryHistory {
                 .take(end)
                 .skip(start)
                 .take(limit)
-                .filter_map(|d| stored(d))
+                .cloned()
                 .collect()
         });
         let page = Page {
