@@ -18,7 +18,8 @@
 # senders' acknowledgement p99 (run it with SERVER_ARGS="--db ..."); h g's
 # clients at a fixed rate, RATE_H messages/s (default 26000, about half of
 # g's maximum with --db), for the acknowledgement p99 there; abuse:
-# scenario c while benches/abuse.rs runs every attack in turn, with the
+# scenario c while benches/abuse.rs runs every attack in turn, each from
+# ten addresses (127.0.1.2 to 127.0.10.2), against default caps, with the
 # server's peak RSS (compare with c in the same sitting); ATTACKS="--only
 # flood" runs only the attacks whose name contains "flood".
 # Targets: wschat (one node, memory), redis (one node on a fresh
@@ -61,13 +62,16 @@ start_server() {
             # Every benchmark client comes from 127.0.0.1: no per-address cap
             # (older builds, measured for comparison, have none to lift),
             # except under attack, where the default cap (1000) is part of
-            # the defence and still fits the generator's clients.
-            local per_ip=""
-            if [ "$scenario" != abuse ] && "$SERVER" --help | grep -q -- --max-per-ip; then
-                per_ip="--max-per-ip 0"
+            # the defence and still fits the generator's clients; so is the
+            # default connection cap (10000).
+            local caps="--max-connections 30000"
+            if [ "$scenario" = abuse ]; then
+                caps=""
+            elif "$SERVER" --help | grep -q -- --max-per-ip; then
+                caps="$caps --max-per-ip 0"
             fi
             # shellcheck disable=SC2086
-            taskset -c 0 "$SERVER" --port "$PORT" $RATE_ARGS --max-connections 30000 $per_ip $SERVER_ARGS 2>/dev/null &
+            taskset -c 0 "$SERVER" --port "$PORT" $RATE_ARGS $caps $SERVER_ARGS 2>/dev/null &
             ;;
         redis|cluster)
             taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &

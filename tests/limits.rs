@@ -322,6 +322,38 @@ async fn try_connect_from(addr: std::net::SocketAddr, from: [u8; 4]) -> std::io:
 }
 
 #[tokio::test]
+async fn empty_fragments_count_against_flood_control() {
+    // Default flood control (bursts of 10). From four networks, a message
+    // of 200 empty fragments, far from the 4096 that would make it too
+    // big: each fragment costs a request, so each sender is closed as
+    // flooding, while a client elsewhere goes on chatting.
+    let server = TestServer::with(|_| {}).await;
+    let mut speaker = Peer::plain(&server.url()).await;
+    let mut listener = Peer::plain(&server.url()).await;
+    speaker
+        .expect(&format!("* {} joined lobby", listener.name()))
+        .await;
+    let mask = [9, 8, 7, 6];
+    let mut bytes = common::client_frame(false, 0, 1, b"a", mask);
+    for _ in 0..200 {
+        bytes.extend(common::client_frame(false, 0, 0, b"", mask));
+    }
+    for net in 2..6 {
+        let stream = connect_from(server.addr, [127, 0, net, 1]).await;
+        let (status, peer) =
+            RawPeer::upgrade_over(stream, server.addr, "/?room=fragments", &[]).await;
+        assert_eq!(status, 101);
+        let mut peer = peer.expect("upgraded");
+        peer.send_bytes(&bytes).await;
+        assert_eq!(peer.close_frame().await, (1008, "flooding".to_owned()));
+    }
+    speaker.send("still here").await;
+    let name = speaker.name();
+    listener.expect(&format!("{name}: still here")).await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn handshakes_beyond_the_cap_are_closed_at_once() {
     let server = TestServer::with(|c| {
         c.max_handshakes = 3;

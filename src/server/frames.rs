@@ -21,6 +21,10 @@ pub enum Incoming {
     Pong,
     /// A close frame, with its code and reason if it had one.
     Close(Option<(u16, String)>),
+    /// A fragment with nothing in it that does not end its message. It is
+    /// handed out so the sender pays for it against flood control: empty
+    /// fragments could otherwise keep a core busy for nothing.
+    EmptyFragment,
 }
 
 /// Why the peer's input cannot be read any further.
@@ -242,6 +246,9 @@ impl FrameReader {
                     return Err(Violation::Protocol("continuation without a message"));
                 };
                 bytes.extend_from_slice(&payload);
+                if payload.is_empty() && !fin {
+                    self.ready.push_back(Incoming::EmptyFragment);
+                }
                 if fin {
                     let (text, bytes) = self.message.take().unwrap_or_default();
                     self.finish(text, bytes)?;
@@ -254,6 +261,9 @@ impl FrameReader {
                 if fin {
                     self.finish(opcode == TEXT, payload)?;
                 } else {
+                    if payload.is_empty() {
+                        self.ready.push_back(Incoming::EmptyFragment);
+                    }
                     self.message = Some((opcode == TEXT, payload));
                 }
             }

@@ -329,7 +329,10 @@ impl<S: Transport> Session<S> {
                         return self.too_slow(lag, shutdown).await;
                     }
                     if self.conn.flooding() {
-                        self.close(POLICY_VIOLATION, "flooding").await;
+                        // Not waiting for its close handshake: it would go
+                        // on being read (and parsed) meanwhile.
+                        self.wire.push_close(Some(POLICY_VIOLATION), "flooding");
+                        let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
                         return Ended::Because(format!(
                             "kept flooding through {FLOODING_AFTER} rate_limited errors"
                         ));
@@ -664,6 +667,12 @@ impl<S: Transport> Session<S> {
                 self.settle().await?;
                 self.send_replies();
                 self.wire.push_pong(&payload);
+            }
+            // Parsed for nothing, so it costs a request's token; refused
+            // silently (there is nothing to answer), and a stream of them
+            // is closed as flooding.
+            Incoming::EmptyFragment => {
+                let _ = self.conn.spend(&self.shared);
             }
             Incoming::Pong | Incoming::Close(_) => {}
         }

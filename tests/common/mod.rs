@@ -566,7 +566,18 @@ impl RawPeer {
     /// Sends an upgrade request with extra header lines; returns the HTTP status
     /// and, for 101, the upgraded connection.
     pub async fn upgrade(addr: SocketAddr, target: &str, headers: &[&str]) -> (u16, Option<Self>) {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::upgrade_over(stream, addr, target, headers).await
+    }
+
+    /// [`Self::upgrade`] over a TCP connection already made (from an
+    /// address of the test's choosing).
+    pub async fn upgrade_over(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        target: &str,
+        headers: &[&str],
+    ) -> (u16, Option<Self>) {
         let mut request = format!(
             "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"

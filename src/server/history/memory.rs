@@ -209,8 +209,7 @@ impl History for MemoryHistory {
         let newest = rooms.by_room.get(room).map(|log| log.last_id);
         let kept = rooms.by_room.get(room).map(|log| &log.kept);
         let messages = kept.map_or_else(Vec::new, |kept| {
-            let id_at_most =
-                |bound: u64| kept.partition_point(|message| message.id <= bound);
+            let id_at_most = |bound: u64| kept.partition_point(|message| message.id <= bound);
             let (start, end) = match since {
                 Since::Recent => (kept.len().saturating_sub(limit), kept.len()),
                 Since::After(after) => (id_at_most(after), kept.len()),
