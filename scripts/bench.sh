@@ -20,7 +20,7 @@
 # g's maximum with --db), for the acknowledgement p99 there; abuse:
 # scenario c while benches/abuse.rs runs every attack in turn, each from
 # ten addresses (127.0.1.2 to 127.0.10.2), against default caps, with the
-# server's peak RSS (compare with c in the same sitting); ATTACKS="--only
+# server's peak RSS (compare with c in the same sitting, DURATION=30); ATTACKS="--only
 # flood" runs only the attacks whose name contains "flood".
 # Targets: wschat (one node, memory), redis (one node on a fresh
 # redis-server), cluster (two nodes on one fresh redis-server, the clients
@@ -36,6 +36,9 @@ RUNS=${RUNS:-3}
 TARGETS=${TARGETS:-"wschat exercise"}
 SCENARIOS=${*:-"a b c d e f"}
 DURATION=${DURATION:-3}
+# The abuse scenario measures for at least 30 s: every attack (2 s each)
+# runs at least once meanwhile. Compare it with DURATION=30 ... c.
+ABUSE_DURATION=$(( DURATION > 30 ? DURATION : 30 ))
 PORT=${PORT:-2100}
 OUT=${OUT:-target/bench}
 EXTRA=${EXTRA:-}
@@ -117,10 +120,12 @@ for scenario in $SCENARIOS; do
             if [ "$scenario" = abuse ]; then
                 measured=c
                 # shellcheck disable=SC2086
-                taskset -c 1 "$ABUSE" --url "ws://127.0.0.1:$PORT" --duration 60 --each 2 $ATTACKS > "$OUT/abuse-attacks-$target-$run.txt" &
+                taskset -c 1 "$ABUSE" --url "ws://127.0.0.1:$PORT" --duration $((ABUSE_DURATION + 20)) --each 2 $ATTACKS > "$OUT/abuse-attacks-$target-$run.txt" &
                 attacker=$!
             fi
-            args=(--url "ws://127.0.0.1:$PORT" --scenario "$measured" --pid "$SERVER_PID" --duration "$DURATION")
+            duration=$DURATION
+            if [ "$scenario" = abuse ]; then duration=$ABUSE_DURATION; fi
+            args=(--url "ws://127.0.0.1:$PORT" --scenario "$measured" --pid "$SERVER_PID" --duration "$duration")
             # The Redis targets' CPU and RSS figures are those of every node
             # and the redis-server together: the whole server side.
             for pid in $EXTRA_PIDS; do args+=(--pid "$pid"); done

@@ -38,6 +38,8 @@ pub mod defaults {
     pub const HANDSHAKE_TIMEOUT: u64 = 10;
     /// `--announce-limit`
     pub const ANNOUNCE_LIMIT: usize = 200;
+    /// `--notice-rate`
+    pub const NOTICE_RATE: u32 = 10;
     /// `--rate`
     pub const RATE: u32 = 20;
     /// `--rate-burst`
@@ -175,6 +177,12 @@ pub struct ServerArgs {
     /// per arrival); the connection concerned is always told.
     #[arg(long, default_value_t = defaults::ANNOUNCE_LIMIT)]
     pub announce_limit: usize,
+
+    /// Join, leave and rename notices a room announces per 10 seconds, on
+    /// average, in bursts of twice that; beyond, they are not announced
+    /// (the connection concerned is still told; 0: no limit).
+    #[arg(long, default_value_t = defaults::NOTICE_RATE)]
+    pub notice_rate: u32,
 
     /// Messages allowed per connection per 10 seconds, on average (0: no limit).
     #[arg(long, default_value_t = defaults::RATE)]
@@ -360,6 +368,7 @@ impl ServerArgs {
             idle_timeout: self.idle_timeout,
             handshake_timeout: self.handshake_timeout,
             announce_limit: self.announce_limit,
+            notice_rate: self.notice_rate,
             rate: self.rate,
             rate_burst: self.rate_burst,
             rate_per_ip: self.rate_per_ip,
@@ -422,6 +431,8 @@ pub struct ServerConfig {
     pub handshake_timeout: u64,
     /// Room size up to which joins, leaves and renames are announced.
     pub announce_limit: usize,
+    /// Notices a room announces per 10 seconds (0: no limit).
+    pub notice_rate: u32,
     /// Messages per connection per 10 seconds (0: no limit).
     pub rate: u32,
     /// Messages a connection may send at once.
@@ -480,6 +491,7 @@ impl Default for ServerConfig {
             idle_timeout: defaults::IDLE_TIMEOUT,
             handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
             announce_limit: defaults::ANNOUNCE_LIMIT,
+            notice_rate: defaults::NOTICE_RATE,
             rate: defaults::RATE,
             rate_burst: defaults::RATE_BURST,
             rate_per_ip: None,

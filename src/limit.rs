@@ -80,9 +80,57 @@ impl TokenBucket {
     }
 }
 
+/// Token buckets for any number of keys in a fixed table: each key takes
+/// the bucket its hash picks, so a key costs nothing to remember or forget,
+/// and the rare keys that share a bucket share its budget.
+#[derive(Debug)]
+pub struct SharedBuckets {
+    buckets: std::sync::Mutex<Vec<TokenBucket>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Buckets in a [`SharedBuckets`] table.
+const SHARED_BUCKETS: usize = 1024;
+
+impl SharedBuckets {
+    /// A table of full buckets as [`TokenBucket::new`] makes them; `None`
+    /// when `per_ten_seconds` is 0 (no limit).
+    pub fn new(per_ten_seconds: u32, burst: u32) -> Option<Self> {
+        let bucket = TokenBucket::new(per_ten_seconds, burst)?;
+        Some(Self {
+            buckets: std::sync::Mutex::new(vec![bucket; SHARED_BUCKETS]),
+            hasher: std::collections::hash_map::RandomState::new(),
+        })
+    }
+
+    /// Takes a token from `key`'s bucket if there is one.
+    pub fn try_take(&self, key: &str) -> bool {
+        use std::hash::BuildHasher;
+        let index = (self.hasher.hash_one(key) % SHARED_BUCKETS as u64) as usize;
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        buckets[index].try_take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_buckets_keep_each_key_to_its_burst() {
+        let table = SharedBuckets::new(1, 3).expect("limited");
+        let taken = (0..10).filter(|_| table.try_take("busy")).count();
+        assert_eq!(taken, 3);
+        // Another key almost always has a bucket of its own.
+        let others = (0..100)
+            .filter(|n| table.try_take(&format!("room {n}")))
+            .count();
+        assert!(others >= 90, "{others}");
+        assert!(SharedBuckets::new(0, 3).is_none());
+    }
 
     #[test]
     fn allows_a_burst_then_the_refill_rate() {

@@ -354,6 +354,45 @@ async fn empty_fragments_count_against_flood_control() {
 }
 
 #[tokio::test]
+async fn a_room_announces_arrivals_and_departures_within_its_notice_rate() {
+    // One notice per 10 s, bursts of two: the watcher's own arrival and
+    // the first newcomer's are announced; twenty nicks from four networks
+    // coming and going at once are not, and are counted.
+    let server = TestServer::with(|c| c.notice_rate = 1).await;
+    let url = server.url();
+    let mut watcher = Peer::plain_raw(&format!("{url}/?room=small")).await;
+    watcher.expect(WELCOME).await;
+    watcher
+        .expect(&format!("* {} joined small", watcher.name()))
+        .await;
+    for n in 0..20u8 {
+        let stream = connect_from(server.addr, [127, 0, 2 + n % 4, 1]).await;
+        let target = format!("/?nick=churn{n}&room=small");
+        let (status, peer) = RawPeer::upgrade_over(stream, server.addr, &target, &[]).await;
+        assert_eq!(status, 101);
+        drop(peer);
+    }
+    watcher.expect("* churn0 joined small").await;
+    let mut speaker = Peer::plain_raw(&format!("{url}/?room=small")).await;
+    speaker.send("after the storm").await;
+    watcher
+        .expect(&format!("{}: after the storm", speaker.name()))
+        .await;
+    // 20 arrivals and 20 departures, and the speaker's arrival, less the one told.
+    within("every notice counted", async {
+        loop {
+            let answer = common::metrics(server.addr).await;
+            if common::metric(&answer, "wschat_notices_dropped_total") == Some(40.0) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn handshakes_beyond_the_cap_are_closed_at_once() {
     let server = TestServer::with(|c| {
         c.max_handshakes = 3;

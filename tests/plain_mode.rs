@@ -100,7 +100,12 @@ async fn unknown_command_names_help() {
 async fn fifty_clients_lose_nothing_and_keep_per_sender_order() {
     const CLIENTS: usize = 50;
     const EACH: usize = 20;
-    let server = TestServer::with(|c| c.rate = 0).await;
+    // Every arrival announced: each client waits for the last one's.
+    let server = TestServer::with(|c| {
+        c.rate = 0;
+        c.notice_rate = 0;
+    })
+    .await;
     let url = server.url();
     let mut peers = Vec::new();
     for _ in 0..CLIENTS {

@@ -37,6 +37,10 @@ const SWEEP_EVERY: u32 = 1024;
 /// handshake, all from one address, leave places for everyone else.
 const HANDSHAKE_SHARE: usize = 8;
 
+/// The last `1/RESERVE_PART` of the connection slots go only to addresses
+/// holding fewer than `1/RESERVE_PART` of `--max-per-ip`.
+const RESERVE_PART: usize = 10;
+
 /// The server's places: handshakes, slots and per-address counts.
 #[derive(Debug)]
 pub struct Admission {
@@ -227,7 +231,9 @@ impl Admission {
     /// [`HANDSHAKE_SHARE`] of them, or has opened more than `--max-per-ip`
     /// connections per minute (in bursts of a quarter more). An address
     /// that holds `--max-per-ip` connections is let through to hear 503
-    /// rather than be closed without a word.
+    /// rather than be closed without a word, as is one that holds a tenth
+    /// of that while only the last tenth of the slots is left (kept for
+    /// addresses that hold fewer).
     pub fn arrive(self: &Arc<Self>, ip: IpAddr) -> Option<Arriving> {
         let share = (self.max_handshakes / HANDSHAKE_SHARE).max(1);
         let mut addresses = lock(&self.addresses);
@@ -257,9 +263,14 @@ impl Admission {
             Err(_) if self.evict_silent() => self.handshakes.clone().try_acquire_owned().ok()?,
             Err(_) => return None,
         };
+        // The last slots are kept for addresses that hold few: a handful
+        // of addresses, each within --max-per-ip, cannot take them all.
+        let reserved = self.max_per_ip > 0
+            && self.slots.available_permits() <= self.max_connections / RESERVE_PART
+            && address.connections >= (self.max_per_ip / RESERVE_PART).max(1);
         address.connections += 1;
         address.handshake += 1;
-        let crowded = self.max_per_ip > 0 && address.connections > self.max_per_ip;
+        let crowded = reserved || (self.max_per_ip > 0 && address.connections > self.max_per_ip);
         drop(addresses);
         let arrival = self.next_arrival.fetch_add(1, Ordering::Relaxed);
         let eviction = Arc::new(Eviction::default());
@@ -473,6 +484,37 @@ mod tests {
         drop(first);
         assert!(admission.arrive(AWAY).expect("arrives").admit().is_ok());
         drop(waiting);
+    }
+
+    #[test]
+    fn the_last_slots_are_kept_for_addresses_that_hold_few() {
+        // 20 slots, 10 per address: the last 2 go to addresses holding none.
+        let admission = Arc::new(Admission::new(100, 20, 10));
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            held.push(admission.arrive(HOME).expect("home").admit().expect("in"));
+        }
+        for _ in 0..8 {
+            held.push(admission.arrive(AWAY).expect("away").admit().expect("in"));
+        }
+        // AWAY is within its share, but only the kept slots are left.
+        let refused = admission.arrive(AWAY).expect("arrives").admit();
+        assert_eq!(refused.err(), Some(Full::Address));
+        let third: IpAddr = "10.0.5.1".parse().expect("ip");
+        let fourth: IpAddr = "10.0.6.1".parse().expect("ip");
+        held.push(admission.arrive(third).expect("third").admit().expect("in"));
+        let again = admission.arrive(third).expect("arrives").admit();
+        assert_eq!(again.err(), Some(Full::Address));
+        held.push(
+            admission
+                .arrive(fourth)
+                .expect("fourth")
+                .admit()
+                .expect("in"),
+        );
+        // Once one goes, AWAY is under the line again only if slots free up.
+        held.truncate(10);
+        assert!(admission.arrive(AWAY).expect("away").admit().is_ok());
     }
 
     #[test]

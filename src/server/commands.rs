@@ -167,7 +167,8 @@ impl Drop for Seat {
     }
 }
 
-/// Tells `room` that `nick` left it, unless the room is over `--announce-limit`.
+/// Tells `room` that `nick` left it, unless the room is over
+/// `--announce-limit` or `--notice-rate`.
 fn tell_left(shared: &Shared, id: ConnId, nick: &str, room: &str) {
     if !quiet(shared, room) {
         let left = ServerFrame::Left {
@@ -185,10 +186,21 @@ fn notify(shared: &Shared, id: ConnId, room: &str, frame: ServerFrame) {
         .publish(room, Arc::new(Delivery::new(id, frame, None)));
 }
 
-/// Whether `room` is over `--announce-limit`, so arrivals and departures
-/// are no longer announced to everyone in it.
+/// Whether a notice to `room` goes unannounced: the room is over
+/// `--announce-limit`, or has announced as many as `--notice-rate` allows
+/// for now (then the notice is counted as dropped).
 fn quiet(shared: &Shared, room: &str) -> bool {
-    shared.presence.room_size(room) > shared.config.announce_limit
+    if shared.presence.room_size(room) > shared.config.announce_limit {
+        return true;
+    }
+    let spent = shared
+        .notices
+        .as_ref()
+        .is_some_and(|budget| !budget.try_take(room));
+    if spent {
+        shared.metrics.notices_dropped_total.inc();
+    }
+    spent
 }
 
 impl Conn {
@@ -308,7 +320,8 @@ impl Conn {
     }
 
     /// Tells the room about this connection (it gets its own copy through
-    /// its feed); in a room over `--announce-limit` only this connection is told.
+    /// its feed); in a room over `--announce-limit` or `--notice-rate` only
+    /// this connection is told.
     fn announce(&self, shared: &Shared, frame: ServerFrame, out: &mut Replies) {
         if quiet(shared, &self.room) {
             return out.push(frame);

@@ -35,6 +35,9 @@ pub struct Metrics {
     /// Connections closed because all send queues together were full, or
     /// because they read nothing for `--idle-timeout` while bytes waited.
     pub queue_closes_total: IntCounter,
+    /// Join, leave and rename notices not announced: their room was over
+    /// `--notice-rate`.
+    pub notices_dropped_total: IntCounter,
     /// Handshakes answered with an HTTP error, by status.
     rejections: IntCounterVec,
     /// The history backend's write latency and failures (with `--db`).
@@ -105,6 +108,10 @@ impl Metrics {
             queue_closes_total: counter(
                 "wschat_queue_closes_total",
                 "Connections closed (1013) for being furthest behind while all send queues together were over --max-queued-bytes, or for reading nothing for --idle-timeout while bytes waited",
+            ),
+            notices_dropped_total: counter(
+                "wschat_notices_dropped_total",
+                "Join, leave and rename notices not announced because their room was over --notice-rate",
             ),
             evictions_total: counter(
                 "wschat_handshakes_evicted_total",
@@ -184,6 +191,7 @@ impl Metrics {
             Box::new(self.resets_total.clone()),
             Box::new(self.evictions_total.clone()),
             Box::new(self.queue_closes_total.clone()),
+            Box::new(self.notices_dropped_total.clone()),
             Box::new(self.rejections.clone()),
         ];
         if let Some(backend) = &self.backend {

@@ -119,6 +119,9 @@ pub struct Shared {
     pub guest_names: bool,
     /// What waits in the send queues of every connection far behind.
     pub queued: QueuedBytes,
+    /// Each room's budget of join, leave and rename notices
+    /// (`--notice-rate`; `None`: no limit).
+    pub notices: Option<crate::limit::SharedBuckets>,
     node: u64,
     next_seq: AtomicU64,
 }
@@ -150,6 +153,10 @@ impl Shared {
             metrics: Arc::new(Metrics::new(backend)),
             guest_names: !local.ip().is_loopback() && !config.show_addresses,
             queued: QueuedBytes::default(),
+            notices: crate::limit::SharedBuckets::new(
+                config.notice_rate,
+                config.notice_rate.saturating_mul(2),
+            ),
             node,
             next_seq: AtomicU64::new(1),
             config,
