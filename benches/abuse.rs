@@ -39,6 +39,9 @@ struct Args {
     /// Leave out the attacks whose name contains this.
     #[arg(long)]
     skip: Option<String>,
+    /// Seconds to wait before the first attack (while the load connects).
+    #[arg(long, default_value_t = 0.0)]
+    after: f64,
 }
 
 /// How many addresses (each in a /24 of its own) every attack comes from.
@@ -556,6 +559,7 @@ async fn main() {
         ("bad input", |a, d| Box::pin(bad_input(a, d))),
         ("bad handshakes", |a, d| Box::pin(bad_handshakes(a, d))),
     ];
+    sleep(Duration::from_secs_f64(args.after)).await;
     let end = Instant::now() + Duration::from_secs_f64(args.duration);
     let each = Duration::from_secs_f64(args.each);
     'cycle: loop {

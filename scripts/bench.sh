@@ -114,13 +114,16 @@ for scenario in $SCENARIOS; do
             if [ "$scenario" = abuse ]; then RATE_ARGS="--rate 60 --rate-burst 30"; fi
             start_server "$target"
             # The abuse scenario is scenario c while one attacker process
-            # runs every attack in turn (benches/abuse.rs).
+            # runs every attack in turn (benches/abuse.rs), from 5 s on:
+            # the load's clients are in by then, as a chat's users are when
+            # an attack begins (newcomers during it are the attacker's own
+            # probe, in "silent sockets").
             measured=$scenario
             attacker=""
             if [ "$scenario" = abuse ]; then
                 measured=c
                 # shellcheck disable=SC2086
-                taskset -c 1 "$ABUSE" --url "ws://127.0.0.1:$PORT" --duration $((ABUSE_DURATION + 20)) --each 2 $ATTACKS > "$OUT/abuse-attacks-$target-$run.txt" &
+                taskset -c 1 "$ABUSE" --url "ws://127.0.0.1:$PORT" --after 5 --duration $((ABUSE_DURATION + 20)) --each 2 $ATTACKS > "$OUT/abuse-attacks-$target-$run.txt" &
                 attacker=$!
             fi
             duration=$DURATION

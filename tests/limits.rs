@@ -929,6 +929,67 @@ async fn max_rooms_does_not_count_rooms_whose_history_is_on_disk() {
     server.stop().await;
 }
 
+/// A real user connecting (again, a tenth of a second after each refusal)
+/// until it gets in, and its welcome; its connection.
+async fn a_user_gets_in(
+    url: &str,
+) -> tokio_websockets::WebSocketStream<tokio_websockets::MaybeTlsStream<TcpStream>> {
+    let mut user = within("a place for the user", async {
+        loop {
+            if let Ok(Ok((ws, _))) = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                tokio_websockets::ClientBuilder::new()
+                    .uri(url)
+                    .expect("uri")
+                    .connect(),
+            )
+            .await
+            {
+                return ws;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let welcome = within("the welcome", futures_util::StreamExt::next(&mut user))
+        .await
+        .and_then(Result::ok);
+    assert_eq!(welcome.as_ref().and_then(|m| m.as_text()), Some(WELCOME));
+    user
+}
+
+#[tokio::test]
+async fn trickling_handshakes_from_many_networks_give_their_places_to_a_newcomer() {
+    // 16 places, 2 per network: eight /24s of sockets that have begun their
+    // requests and will take an hour to finish fill them all. None is
+    // silent, so the network holding most (any, here) makes way.
+    let server = TestServer::with(|c| {
+        c.max_handshakes = 16;
+        c.handshake_timeout = 3600;
+    })
+    .await;
+    let mut trickling = Vec::new();
+    for net in 1..=8u8 {
+        for host in 1..=2u8 {
+            let mut socket = connect_from(server.addr, [127, 0, net, host]).await;
+            socket
+                .write_all(b"GET / HTTP/1.1\r\n")
+                .await
+                .expect("write");
+            trickling.push(socket);
+        }
+    }
+    a_user_gets_in(&server.url()).await;
+    // Exactly one of them was closed to make way.
+    let answer = common::metrics(server.addr).await;
+    assert_eq!(
+        common::metric(&answer, "wschat_handshakes_evicted_total"),
+        Some(1.0),
+        "{answer}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn silent_sockets_from_many_networks_give_their_places_to_a_newcomer() {
     // 16 places, 2 per network: eight /24s of silent sockets fill them all
@@ -947,27 +1008,7 @@ async fn silent_sockets_from_many_networks_give_their_places_to_a_newcomer() {
     // A real user, from yet another network, gets in within a second (the
     // sockets must have been silent for half a second to give way; until
     // then a newcomer is turned away at once, and tries again).
-    let mut user = within("a place for the user", async {
-        loop {
-            if let Ok(Ok((ws, _))) = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                tokio_websockets::ClientBuilder::new()
-                    .uri(&server.url())
-                    .expect("uri")
-                    .connect(),
-            )
-            .await
-            {
-                return ws;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    let welcome = within("the welcome", futures_util::StreamExt::next(&mut user))
-        .await
-        .and_then(Result::ok);
-    assert_eq!(welcome.as_ref().and_then(|m| m.as_text()), Some(WELCOME));
+    let user = a_user_gets_in(&server.url()).await;
     // The oldest silent socket gave its place up: it is closed.
     let mut oldest = silent.remove(0);
     let mut buf = [0u8; 16];

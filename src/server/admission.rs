@@ -56,7 +56,7 @@ pub struct Admission {
     prefixes: (u8, u8),
     /// Handshakes that have sent nothing yet, oldest first, with when
     /// each arrived.
-    silent: Mutex<BTreeMap<u64, (Instant, Arc<Eviction>)>>,
+    waiting: Mutex<BTreeMap<u64, Waiting>>,
     next_arrival: AtomicU64,
 }
 
@@ -65,7 +65,25 @@ pub struct Admission {
 /// one that is connecting now is not yet read.
 const SILENT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// How a silent handshake is told to give its place up.
+/// A handshake in progress, in the line a newcomer may take a place from.
+#[derive(Debug)]
+struct Waiting {
+    since: Instant,
+    /// Its address's key (see [`address_key`]).
+    key: IpAddr,
+    /// Whether it has sent anything yet.
+    heard: bool,
+    eviction: Arc<Eviction>,
+}
+
+impl Waiting {
+    /// Whether it has been waiting long enough to be asked to make way.
+    fn overdue(&self) -> bool {
+        self.since.elapsed() >= SILENT_GRACE
+    }
+}
+
+/// How a handshake is told to give its place up.
 #[derive(Debug, Default)]
 struct Eviction {
     /// Set when its place went to a newcomer (its permit is then not given
@@ -152,7 +170,7 @@ impl Admission {
             budget: None,
             addresses: Mutex::new(Addresses::default()),
             prefixes: DEFAULT_PREFIXES,
-            silent: Mutex::new(BTreeMap::new()),
+            waiting: Mutex::new(BTreeMap::new()),
             next_arrival: AtomicU64::new(0),
         }
     }
@@ -175,24 +193,30 @@ impl Admission {
         self.handshakes.available_permits() < self.max_handshakes / 4
     }
 
-    /// Gives the place of the oldest handshake that has sent nothing (for
-    /// [`SILENT_GRACE`] at least) to a newcomer: that handshake is told to close, and one more place is made
+    /// Gives a place to a newcomer: that of the oldest handshake that has
+    /// sent nothing (for [`SILENT_GRACE`] at least), or else of the oldest
+    /// one (as long waiting) from `busiest`, the address holding the most
+    /// places. That handshake is told to close, and one more place is made
     /// now for the newcomer (the evicted one's is not given back).
-    fn evict_silent(&self) -> bool {
+    fn evict_for_newcomer(&self, busiest: Option<IpAddr>) -> bool {
         let victim = {
-            let mut silent = lock(&self.silent);
-            match silent.first_key_value() {
-                Some((_, (since, _))) if since.elapsed() >= SILENT_GRACE => {
-                    silent.pop_first().map(|(_, (_, victim))| victim)
-                }
-                _ => None,
-            }
+            let mut waiting = lock(&self.waiting);
+            let silent = waiting
+                .iter()
+                .find(|(_, w)| !w.heard)
+                .filter(|(_, w)| w.overdue());
+            let from_busiest = || {
+                let key = busiest?;
+                waiting.iter().find(|(_, w)| w.key == key && w.overdue())
+            };
+            let arrival = silent.or_else(from_busiest).map(|(arrival, _)| *arrival);
+            arrival.and_then(|arrival| waiting.remove(&arrival))
         };
         let Some(victim) = victim else {
             return false;
         };
-        victim.evicted.store(true, Ordering::Relaxed);
-        victim.token.cancel();
+        victim.eviction.evicted.store(true, Ordering::Relaxed);
+        victim.eviction.token.cancel();
         self.handshakes.add_permits(1);
         true
     }
@@ -244,6 +268,19 @@ impl Admission {
         }
         let max_per_ip = self.max_per_ip;
         let key = self.key(ip);
+        // With every place taken, the address holding most may have to
+        // make way, if it holds more than the newcomer's would.
+        let busiest = if self.handshakes.available_permits() == 0 {
+            let own = addresses.by_key.get(&key).map_or(0, |a| a.handshake);
+            addresses
+                .by_key
+                .iter()
+                .filter(|(other, a)| **other != key && a.handshake > own + 1)
+                .max_by_key(|(_, a)| a.handshake)
+                .map(|(other, _)| *other)
+        } else {
+            None
+        };
         let address = addresses.by_key.entry(key).or_default();
         if address.handshake >= share {
             return None;
@@ -260,7 +297,9 @@ impl Admission {
         }
         let permit = match self.handshakes.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) if self.evict_silent() => self.handshakes.clone().try_acquire_owned().ok()?,
+            Err(_) if self.evict_for_newcomer(busiest) => {
+                self.handshakes.clone().try_acquire_owned().ok()?
+            }
             Err(_) => return None,
         };
         // The last slots are kept for addresses that hold few: a handful
@@ -274,7 +313,13 @@ impl Admission {
         drop(addresses);
         let arrival = self.next_arrival.fetch_add(1, Ordering::Relaxed);
         let eviction = Arc::new(Eviction::default());
-        lock(&self.silent).insert(arrival, (Instant::now(), eviction.clone()));
+        let waiting = Waiting {
+            since: Instant::now(),
+            key,
+            heard: false,
+            eviction: eviction.clone(),
+        };
+        lock(&self.waiting).insert(arrival, waiting);
         Some(Arriving {
             handshake: Some(HandshakePlace {
                 permit: Some(permit),
@@ -300,11 +345,11 @@ impl Admission {
             .map_or(0, |a| a.connections)
     }
 
-    /// Makes every silent handshake `by` older.
+    /// Makes every handshake in progress `by` older.
     #[cfg(test)]
-    fn age_silent(&self, by: std::time::Duration) {
-        for (since, _) in lock(&self.silent).values_mut() {
-            *since -= by;
+    fn age_waiting(&self, by: std::time::Duration) {
+        for waiting in lock(&self.waiting).values_mut() {
+            waiting.since -= by;
         }
     }
 
@@ -322,14 +367,14 @@ struct HandshakePlace {
     permit: Option<OwnedSemaphorePermit>,
     admission: Arc<Admission>,
     ip: IpAddr,
-    /// Its place in the line of silent handshakes.
+    /// Its place in the line of handshakes in progress.
     arrival: u64,
     eviction: Arc<Eviction>,
 }
 
 impl Drop for HandshakePlace {
     fn drop(&mut self) {
-        lock(&self.admission.silent).remove(&self.arrival);
+        lock(&self.admission.waiting).remove(&self.arrival);
         if self.eviction.evicted.load(Ordering::Relaxed)
             && let Some(permit) = self.permit.take()
         {
@@ -353,10 +398,12 @@ pub struct Arriving {
 
 impl Arriving {
     /// The first bytes of the request arrived: this handshake is no longer
-    /// silent, and keeps its place.
+    /// silent, and gives its place up only if its address holds the most.
     pub fn heard(&self) {
-        if let Some(place) = &self.handshake {
-            lock(&place.admission.silent).remove(&place.arrival);
+        if let Some(place) = &self.handshake
+            && let Some(waiting) = lock(&place.admission.waiting).get_mut(&place.arrival)
+        {
+            waiting.heard = true;
         }
     }
 
@@ -365,7 +412,7 @@ impl Arriving {
         &self.handshake.as_ref().expect("in its handshake").eviction
     }
 
-    /// Completes when a newcomer took this silent handshake's place.
+    /// Completes when a newcomer took this handshake's place.
     pub async fn evicted(&self) {
         match &self.handshake {
             Some(place) => place.eviction.token.cancelled().await,
@@ -571,7 +618,7 @@ mod tests {
         let silent = admission.arrive(ip(3)).expect("3");
         // Full, and no one silent for long yet: a newcomer is turned away.
         assert!(admission.arrive(ip(4)).is_none());
-        admission.age_silent(SILENT_GRACE);
+        admission.age_waiting(SILENT_GRACE);
         // Then the oldest silent one makes way.
         let newcomer = admission.arrive(ip(4)).expect("the newcomer gets in");
         assert!(oldest.eviction().token.is_cancelled());
@@ -580,19 +627,51 @@ mod tests {
         // The evicted place is not given back: still full, and the next
         // newcomer takes the next silent one's place, never a talking one's.
         newcomer.heard();
-        admission.age_silent(SILENT_GRACE);
+        admission.age_waiting(SILENT_GRACE);
         let next = admission.arrive(ip(5)).expect("the next newcomer");
         assert!(silent.eviction().token.is_cancelled());
         assert!(!talking.eviction().token.is_cancelled());
         drop(silent);
         next.heard();
-        admission.age_silent(SILENT_GRACE);
+        admission.age_waiting(SILENT_GRACE);
         assert!(
             admission.arrive(ip(6)).is_none(),
             "everyone left is talking"
         );
         drop((talking, newcomer, next));
         assert_eq!(admission.handshakes.available_permits(), 3);
+    }
+
+    #[test]
+    fn with_no_one_silent_the_address_holding_most_makes_way() {
+        // 16 places, 2 per address: eight addresses fill them, each with
+        // requests begun (a slow trickle, say).
+        let admission = Arc::new(Admission::new(16, 100, 0).with_prefixes(32, 128));
+        let ip = |n: u8| IpAddr::V4(std::net::Ipv4Addr::new(10, 0, n, 1));
+        let mut begun = Vec::new();
+        for n in 1..=8 {
+            for _ in 0..2 {
+                let arriving = admission.arrive(ip(n)).expect("a place");
+                arriving.heard();
+                begun.push(arriving);
+            }
+        }
+        // Not before they have been at it for a while.
+        assert!(admission.arrive(ip(9)).is_none());
+        admission.age_waiting(SILENT_GRACE);
+        let newcomer = admission.arrive(ip(9)).expect("the newcomer gets in");
+        let gave_way: Vec<usize> = (0..begun.len())
+            .filter(|&i| begun[i].eviction().token.is_cancelled())
+            .collect();
+        assert_eq!(gave_way.len(), 1, "{gave_way:?}");
+        // The oldest of its address's.
+        assert_eq!(gave_way[0] % 2, 0);
+        drop(begun.remove(gave_way[0]));
+        // Now the newcomer's address holds one, as does the one that made
+        // way: the next from there waits its turn like everyone else.
+        newcomer.heard();
+        admission.age_waiting(SILENT_GRACE);
+        assert!(admission.arrive(ip(9)).is_none());
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         () = shutdown.cancelled() => return None,
         () = arriving.evicted() => {
             shared.metrics.evictions_total.inc();
-            debug!("{peer}: closed: its silent handshake gave its place to a newcomer");
+            debug!("{peer}: closed: its handshake gave its place to a newcomer");
             return None;
         }
         head = timeout(within, read_head_then(stream, || arriving.heard())) => head,
