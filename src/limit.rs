@@ -62,6 +62,13 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `tokens` at once, as many as there are if fewer: what follows
+    /// waits for the refill.
+    pub fn charge(&mut self, tokens: u32) {
+        self.refill(Instant::now());
+        self.tokens = (self.tokens - f64::from(tokens)).max(0.0);
+    }
+
     /// Whether the bucket is full at `now` (it then says nothing a new one
     /// would not).
     pub fn full_at(&mut self, now: Instant) -> bool {

@@ -210,6 +210,36 @@ async fn a_connection_that_keeps_flooding_is_closed_1008() {
 }
 
 #[tokio::test]
+async fn a_connection_closed_for_flooding_costs_its_network_its_new_connections() {
+    // Ten new connections a minute per address: the close for flooding
+    // spends them (it costs 100), so reconnecting at once to flood again
+    // is reset before any HTTP, from anywhere in the same /24; another
+    // network is not touched.
+    let server = TestServer::with(|c| {
+        c.rate = 1;
+        c.rate_burst = 1;
+        c.max_per_ip = 10;
+    })
+    .await;
+    let stream = connect_from(server.addr, [127, 0, 7, 1]).await;
+    let (status, peer) = RawPeer::upgrade_over(stream, server.addr, "/", &[]).await;
+    assert_eq!(status, 101);
+    let mut peer = peer.expect("upgraded");
+    let flood: Vec<u8> = (0..101)
+        .flat_map(|n| {
+            common::client_frame(true, 0, 1, format!("flood {n}").as_bytes(), [1, 2, 3, 4])
+        })
+        .collect();
+    peer.send_bytes(&flood).await;
+    assert_eq!(peer.close_frame().await, (1008, "flooding".to_owned()));
+    assert_reset(try_connect_from(server.addr, [127, 0, 7, 2])).await;
+    let stream = connect_from(server.addr, [127, 0, 8, 1]).await;
+    let (status, _) = RawPeer::upgrade_over(stream, server.addr, "/", &[]).await;
+    assert_eq!(status, 101);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn connection_limit_answers_503_until_a_slot_frees() {
     let server = TestServer::with(|c| c.max_connections = 2).await;
     let url = server.url();

@@ -37,6 +37,11 @@ const SWEEP_EVERY: u32 = 1024;
 /// handshake, all from one address, leave places for everyone else.
 const HANDSHAKE_SHARE: usize = 8;
 
+/// New connections a connection closed for misbehaving (flooding, a
+/// broken frame) costs its address, of the `--max-per-ip` it may open a
+/// minute: reconnecting at once does not undo the close.
+pub const MISBEHAVIOUR_COST: u32 = 100;
+
 /// The last `1/RESERVE_PART` of the connection slots go only to addresses
 /// holding fewer than `1/RESERVE_PART` of `--max-per-ip`.
 const RESERVE_PART: usize = 10;
@@ -219,6 +224,20 @@ impl Admission {
         victim.eviction.token.cancel();
         self.handshakes.add_permits(1);
         true
+    }
+
+    /// A connection from `ip` was closed for misbehaving: its address may
+    /// open [`MISBEHAVIOUR_COST`] fewer new connections for now.
+    pub fn misbehaved(&self, ip: IpAddr) {
+        let key = self.key(ip);
+        let mut addresses = lock(&self.addresses);
+        if let Some(arrivals) = addresses
+            .by_key
+            .get_mut(&key)
+            .and_then(|address| address.arrivals.as_mut())
+        {
+            arrivals.charge(MISBEHAVIOUR_COST);
+        }
     }
 
     /// Gives each address a budget of `rate` requests per 10 s, `burst` at
@@ -672,6 +691,17 @@ mod tests {
         newcomer.heard();
         admission.age_waiting(SILENT_GRACE);
         assert!(admission.arrive(ip(9)).is_none());
+    }
+
+    #[test]
+    fn misbehaving_costs_an_address_its_new_connections() {
+        // 10 a minute, bursts of 12: one close for misbehaving spends them.
+        let admission = Arc::new(Admission::new(100, 100, 10));
+        let first = admission.arrive(HOME).expect("home").admit().expect("in");
+        admission.misbehaved(HOME);
+        drop(first);
+        assert!(admission.arrive(HOME).is_none(), "reset at once");
+        assert!(admission.arrive(AWAY).expect("away").admit().is_ok());
     }
 
     #[test]

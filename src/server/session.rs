@@ -331,6 +331,7 @@ impl<S: Transport> Session<S> {
                     if self.conn.flooding() {
                         // Not waiting for its close handshake: it would go
                         // on being read (and parsed) meanwhile.
+                        self.shared.admission.misbehaved(self.conn.peer.ip());
                         self.wire.push_close(Some(POLICY_VIOLATION), "flooding");
                         let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
                         return Ended::Because(format!(
@@ -347,6 +348,7 @@ impl<S: Transport> Session<S> {
                 }
                 Wake::Socket(SocketEvent::Violation(violation)) => {
                     let reason = violation.to_string();
+                    self.shared.admission.misbehaved(self.conn.peer.ip());
                     self.wire.push_close(Some(violation.close_code()), &reason);
                     let _ = timeout(CLOSE_GRACE, self.hang_up()).await;
                     return Ended::Because(reason);
