@@ -4,7 +4,12 @@
 //! bundled client keeps a copy with the limits the server announced in its
 //! `welcome`, so it paces itself instead of having messages refused.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::server::lock;
 
 /// A token bucket: `burst` tokens, refilled at `per_second`.
 #[derive(Debug, Clone)]
@@ -92,8 +97,8 @@ impl TokenBucket {
 /// and the rare keys that share a bucket share its budget.
 #[derive(Debug)]
 pub struct SharedBuckets {
-    buckets: std::sync::Mutex<Vec<TokenBucket>>,
-    hasher: std::collections::hash_map::RandomState,
+    buckets: Mutex<Vec<TokenBucket>>,
+    hasher: RandomState,
 }
 
 /// Buckets in a [`SharedBuckets`] table.
@@ -105,20 +110,15 @@ impl SharedBuckets {
     pub fn new(per_ten_seconds: u32, burst: u32) -> Option<Self> {
         let bucket = TokenBucket::new(per_ten_seconds, burst)?;
         Some(Self {
-            buckets: std::sync::Mutex::new(vec![bucket; SHARED_BUCKETS]),
-            hasher: std::collections::hash_map::RandomState::new(),
+            buckets: Mutex::new(vec![bucket; SHARED_BUCKETS]),
+            hasher: RandomState::new(),
         })
     }
 
     /// Takes a token from `key`'s bucket if there is one.
     pub fn try_take(&self, key: &str) -> bool {
-        use std::hash::BuildHasher;
         let index = (self.hasher.hash_one(key) % SHARED_BUCKETS as u64) as usize;
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        buckets[index].try_take()
+        lock(&self.buckets)[index].try_take()
     }
 }
 
