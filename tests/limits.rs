@@ -991,8 +991,9 @@ async fn a_user_gets_in(
 #[tokio::test]
 async fn trickling_handshakes_from_many_networks_give_their_places_to_a_newcomer() {
     // 16 places, 2 per network: eight /24s of sockets that have begun their
-    // requests and will take an hour to finish fill them all. None is
-    // silent, so the network holding most (any, here) makes way.
+    // requests and never finish them fill them all (most with the hour of
+    // the handshake timeout). None is silent, so the network holding most
+    // (any, here) makes way.
     let server = TestServer::with(|c| {
         c.max_handshakes = 16;
         c.handshake_timeout = 3600;
