@@ -988,28 +988,33 @@ async fn a_user_gets_in(
     user
 }
 
+/// A server with 16 handshake places and an hour's handshake timeout, and
+/// two sockets from each of eight /24s holding all of them, each having
+/// sent `begun` (nothing, or the start of a request).
+async fn every_handshake_place_taken(begun: &[u8]) -> (TestServer, Vec<TcpStream>) {
+    let server = TestServer::with(|c| {
+        c.max_handshakes = 16;
+        c.handshake_timeout = 3600;
+    })
+    .await;
+    let mut sockets = Vec::new();
+    for net in 1..=8u8 {
+        for host in 1..=2u8 {
+            let mut socket = connect_from(server.addr, [127, 0, net, host]).await;
+            socket.write_all(begun).await.expect("write");
+            sockets.push(socket);
+        }
+    }
+    (server, sockets)
+}
+
 #[tokio::test]
 async fn trickling_handshakes_from_many_networks_give_their_places_to_a_newcomer() {
     // 16 places, 2 per network: eight /24s of sockets that have begun their
     // requests and never finish them fill them all (most with the hour of
     // the handshake timeout). None is silent, so the network holding most
     // (any, here) makes way.
-    let server = TestServer::with(|c| {
-        c.max_handshakes = 16;
-        c.handshake_timeout = 3600;
-    })
-    .await;
-    let mut trickling = Vec::new();
-    for net in 1..=8u8 {
-        for host in 1..=2u8 {
-            let mut socket = connect_from(server.addr, [127, 0, net, host]).await;
-            socket
-                .write_all(b"GET / HTTP/1.1\r\n")
-                .await
-                .expect("write");
-            trickling.push(socket);
-        }
-    }
+    let (server, _trickling) = every_handshake_place_taken(b"GET / HTTP/1.1\r\n").await;
     a_user_gets_in(&server.url()).await;
     // Exactly one of them was closed to make way.
     let answer = common::metrics(server.addr).await;
@@ -1025,17 +1030,7 @@ async fn trickling_handshakes_from_many_networks_give_their_places_to_a_newcomer
 async fn silent_sockets_from_many_networks_give_their_places_to_a_newcomer() {
     // 16 places, 2 per network: eight /24s of silent sockets fill them all
     // (more than the handshake timeout of an hour would ever clear).
-    let server = TestServer::with(|c| {
-        c.max_handshakes = 16;
-        c.handshake_timeout = 3600;
-    })
-    .await;
-    let mut silent = Vec::new();
-    for net in 1..=8u8 {
-        for host in 1..=2u8 {
-            silent.push(connect_from(server.addr, [127, 0, net, host]).await);
-        }
-    }
+    let (server, mut silent) = every_handshake_place_taken(b"").await;
     // A real user, from yet another network, gets in within a second (the
     // sockets must have been silent for half a second to give way; until
     // then a newcomer is turned away at once, and tries again).

@@ -63,6 +63,17 @@ pub(super) const FLOODING_AFTER: u32 = 100;
 /// (JSON field names, id, room, timestamp), for a replay's byte budget.
 const REPLAY_FRAME_OVERHEAD: usize = 128;
 
+/// Bytes of replayed messages queued at once, at most about: a quarter of
+/// `--max-lag-bytes` (more follows as the peer reads).
+fn page_budget(shared: &Shared) -> usize {
+    shared.config.max_lag_bytes / 4
+}
+
+/// What `message` adds to a page, as a replay frame (see [`page_budget`]).
+fn replayed_bytes(message: &crate::server::history::Stored) -> usize {
+    message.text.len() + message.from.len() + REPLAY_FRAME_OVERHEAD
+}
+
 /// One connection's place in the chat: who it is, where it is, what it follows.
 pub(super) struct Conn {
     pub id: ConnId,
@@ -340,7 +351,7 @@ impl Conn {
         shared: &Shared,
         out: &mut Replies,
     ) {
-        let budget = shared.config.max_lag_bytes / 4;
+        let budget = page_budget(shared);
         let mut bytes = 0;
         let mut last = None;
         let mut cut = false;
@@ -349,7 +360,7 @@ impl Conn {
                 cut = true;
                 break;
             }
-            bytes += message.text.len() + message.from.len() + REPLAY_FRAME_OVERHEAD;
+            bytes += replayed_bytes(message);
             out.push(message.frame(&self.room, self.id));
             last = Some(message.id);
         }
@@ -365,7 +376,7 @@ impl Conn {
 
     /// Sends what of `messages` (the next ones of an `older` answer, oldest
     /// first) fits in a page's bytes; the rest, if any, is read again and
-    /// sent once the peer has read this (see [`Conn::continue_older`]),
+    /// sent once the peer has read this (see [`Conn::continue_paging`]),
     /// then the closing `older` frame. So an answer never waits whole in
     /// memory for a peer that does not read.
     fn older_page(
@@ -375,7 +386,7 @@ impl Conn {
         shared: &Shared,
         out: &mut Replies,
     ) {
-        let budget = shared.config.max_lag_bytes / 4;
+        let budget = page_budget(shared);
         let mut bytes = 0;
         let mut cut = false;
         for message in messages {
@@ -387,7 +398,7 @@ impl Conn {
                 cut = true;
                 break;
             }
-            bytes += message.text.len() + message.from.len() + REPLAY_FRAME_OVERHEAD;
+            bytes += replayed_bytes(message);
             out.push(message.frame(&self.room, self.id));
             answer.after = message.id;
             answer.left -= 1;
@@ -404,8 +415,24 @@ impl Conn {
         }
     }
 
+    /// Whether a replay or an `older` answer is still going out: requests
+    /// and live events wait until it has.
+    pub fn paging(&self) -> bool {
+        self.replay.is_some() || self.older.is_some()
+    }
+
+    /// Sends the next page of what is going out: an `older` answer, else
+    /// a replay.
+    pub async fn continue_paging(&mut self, shared: &Shared, out: &mut Replies) {
+        if self.older.is_some() {
+            self.continue_older(shared, out).await;
+        } else {
+            self.continue_replay(shared, out).await;
+        }
+    }
+
     /// Sends the next page of an `older` answer in progress.
-    pub async fn continue_older(&mut self, shared: &Shared, out: &mut Replies) {
+    async fn continue_older(&mut self, shared: &Shared, out: &mut Replies) {
         let Some(answer) = self.older.take() else {
             return;
         };
@@ -421,7 +448,7 @@ impl Conn {
     }
 
     /// Sends the next page of a replay in progress.
-    pub async fn continue_replay(&mut self, shared: &Shared, out: &mut Replies) {
+    async fn continue_replay(&mut self, shared: &Shared, out: &mut Replies) {
         let Some(after) = self.replay else { return };
         match read(shared, &self.room, Since::After(after), PAGE).await {
             Ok(page) => self.replay_page(page, Some(PAGE), shared, out),

@@ -271,18 +271,12 @@ impl<S: Transport> Session<S> {
             return self.too_slow(lag, shutdown).await;
         }
         loop {
-            // A replay goes out a page at a time, each once the one before
-            // has been written. Meanwhile requests wait (they are answered in
-            // order) and so do live events (they come after the replay).
-            while self.conn.older.is_some() && !self.wire.has_pending() {
-                Box::pin(self.conn.continue_older(&self.shared, &mut self.replies)).await;
-                self.send_replies();
-                if let Err(err) = self.try_flush().await {
-                    return Ended::Because(err.to_string());
-                }
-            }
-            while self.conn.replay.is_some() && !self.wire.has_pending() {
-                Box::pin(self.conn.continue_replay(&self.shared, &mut self.replies)).await;
+            // A replay or an `older` answer goes out a page at a time, each
+            // once the one before has been written. Meanwhile requests wait
+            // (they are answered in order) and so do live events (they come
+            // after it).
+            while self.conn.paging() && !self.wire.has_pending() {
+                Box::pin(self.conn.continue_paging(&self.shared, &mut self.replies)).await;
                 self.send_replies();
                 if let Err(err) = self.try_flush().await {
                     return Ended::Because(err.to_string());
@@ -290,7 +284,7 @@ impl<S: Transport> Session<S> {
             }
             let wake = {
                 let flushing = self.wire.has_pending();
-                let replaying = self.conn.replay.is_some() || self.conn.older.is_some();
+                let replaying = self.conn.paging();
                 let reading = !replaying && self.storing.len() < MAX_STORING;
                 let wire = &mut self.wire;
                 let reader = &mut self.reader;
@@ -480,7 +474,7 @@ impl<S: Transport> Session<S> {
     /// while a replay or an `older` answer is still going out: live events
     /// come after it).
     fn drain_room(&mut self) -> Result<(), FeedError> {
-        if self.conn.replay.is_some() || self.conn.older.is_some() {
+        if self.conn.paging() {
             return Ok(());
         }
         let mut batch = std::mem::take(&mut self.batch);
